@@ -1,0 +1,37 @@
+use std::path::PathBuf;
+
+/// Why a result file could not be read or written. Every variant names the file,
+/// so a user reading one line knows which file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not JSON: {detail}")]
+    NotJson { path: PathBuf, detail: String },
+    #[error("{path}: truncated: the JSON ends early ({detail})")]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{path}: unknown schema {schema:?} (this analyze reads {known:?} and PrixFixe files)")]
+    UnknownSchema {
+        path: PathBuf,
+        schema: String,
+        known: &'static str,
+    },
+    #[error("{path}: not a result file: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("{path}: histogram {name:?}: {detail}")]
+    Histogram {
+        path: PathBuf,
+        name: String,
+        detail: String,
+    },
+    #[error("cannot encode histogram: {0}")]
+    Encode(String),
+}

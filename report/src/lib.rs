@@ -1,0 +1,292 @@
+//! The Stampede result-file model: one JSON document per load-generator run.
+//!
+//! This crate is the single definition of a result in the workspace. `loadgen`
+//! builds and writes results with it; `analyze` reads, compares and merges them.
+//!
+//! The layout keeps the fields that the seed project's PrixFixe generator wrote in
+//! their names and places (`.metrics.messages_per_second`, `.metrics.latency_ms.p99`,
+//! `.servers`), so existing jq scripts keep working; everything Stampede adds sits in
+//! new keys beside them. Files without a `schema` key are read as PrixFixe files.
+
+mod error;
+mod histogram;
+mod io;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use error::ReportError;
+pub use histogram::{
+    LATENCY_HISTOGRAM_MAX_US, LATENCY_SIGFIG, LatencyHistogram, decode_histogram, encode_histogram,
+    new_latency_histogram, record_latency,
+};
+pub use io::{load, load_str};
+
+/// The value of the `schema` key in every result Stampede writes.
+pub const SCHEMA_V1: &str = "stampede.result.v1";
+
+/// Names of the per-message phases, in protocol order (keys of `phases_ms`).
+pub const PHASES: [&str; 8] = [
+    "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit",
+];
+
+/// One run of the load generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// `stampede.result.v1`; absent in the seed generator's (PrixFixe) files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// `burst`, `sustained`, or a name given by the caller (`quick`, `heavy`, ...).
+    pub test_type: String,
+    /// Servers as given on the command line (`host` or `host:port`).
+    pub servers: Vec<String>,
+    /// Default SMTP port applied to servers given without one.
+    pub port: u16,
+    /// Bytes on the wire per message; for a mix, the weighted mean.
+    pub message_size: u64,
+    /// Concurrent sessions in burst mode; `null` in sustained mode.
+    pub concurrent_workers: Option<u64>,
+    /// Messages per second in sustained mode; `null` in burst mode.
+    pub target_rate: Option<f64>,
+    pub metrics: Metrics,
+    /// True when the generator itself, not the server, limited the run.
+    #[serde(default)]
+    pub generator_saturated: bool,
+    /// How the run was made; absent in PrixFixe files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+    #[serde(default)]
+    pub per_server: Vec<ServerMetrics>,
+    /// One point per second of the run.
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
+    /// Serialized histograms that make results exactly mergeable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<Histograms>,
+    /// CPU and memory samples per server container, when they were monitored.
+    #[serde(default)]
+    pub resources: BTreeMap<String, Vec<ResourceSample>>,
+}
+
+/// The headline figures of a run. The first block is PrixFixe's layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub total_messages: u64,
+    pub successful_messages: u64,
+    pub failed_messages: u64,
+    /// Connections refused, reset or dropped before a reply.
+    pub connection_errors: u64,
+    pub total_bytes_sent: u64,
+    pub duration_seconds: f64,
+    /// Successful messages per second of the run's duration.
+    pub messages_per_second: f64,
+    /// Latency of the whole transaction, milliseconds.
+    pub latency_ms: LatencySummary,
+    /// Failures by reply code (`"421"`) or class (`"connection_refused"`, `"timeout"`).
+    pub error_breakdown: BTreeMap<String, u64>,
+    /// RFC 3339 (`2026-11-22T12:00:00Z`); PrixFixe wrote naive local timestamps.
+    pub start_time: String,
+    pub end_time: String,
+
+    /// Operations that hit the client's timeout.
+    #[serde(default)]
+    pub timeouts: u64,
+    /// Successful / total, in percent.
+    #[serde(default)]
+    pub success_rate: f64,
+    /// Sustained mode: sends that started later than their scheduled time.
+    #[serde(default)]
+    pub late_sends: u64,
+    /// Sustained mode: latency measured from the scheduled send time (coordinated
+    /// omission corrected, as wrk2 does).
+    #[serde(default)]
+    pub latency_corrected_ms: Option<LatencySummary>,
+    /// Latency of each protocol phase, keyed by [`PHASES`].
+    #[serde(default)]
+    pub phases_ms: BTreeMap<String, LatencySummary>,
+    /// Every final reply code seen, successes included.
+    #[serde(default)]
+    pub replies: BTreeMap<String, u64>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+}
+
+/// How a run was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub name: String,
+    /// True when the run was ended early (Ctrl-C); the figures cover what ran.
+    pub interrupted: bool,
+    /// Every loadgen setting, as the generator saw them.
+    pub config: serde_json::Value,
+    pub tool_version: String,
+    #[serde(default)]
+    pub git_sha: Option<String>,
+    pub host: HostInfo,
+    /// The generator's own resource use during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub cpus: u32,
+    pub os: String,
+}
+
+/// What the generator itself consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorUsage {
+    /// User + system CPU seconds of the generator process.
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second per core, in percent of all cores.
+    pub cpu_percent: f64,
+    /// Peak resident set size of the generator process.
+    pub max_rss_bytes: u64,
+}
+
+/// The figures of one server of a round-robin run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerMetrics {
+    /// `host:port`.
+    pub address: String,
+    pub total_messages: u64,
+    pub successful_messages: u64,
+    #[serde(default)]
+    pub failed_messages: u64,
+    #[serde(default)]
+    pub connection_errors: u64,
+    #[serde(default)]
+    pub timeouts: u64,
+    #[serde(default)]
+    pub messages_per_second: f64,
+    pub latency_ms: LatencySummary,
+    #[serde(default)]
+    pub error_breakdown: BTreeMap<String, u64>,
+}
+
+/// One second of the run. `t_s` counts from the run's start (1 = the first second).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    pub t_s: u64,
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// HdrHistograms of latency in microseconds, each V2 + deflate, base64.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    pub total: String,
+    #[serde(default)]
+    pub corrected: Option<String>,
+    #[serde(default)]
+    pub phases: BTreeMap<String, String>,
+    /// Total latency per server address.
+    #[serde(default)]
+    pub per_server: BTreeMap<String, String>,
+}
+
+/// One resource sample of a server container.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResourceSample {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+}
+
+impl RunResult {
+    /// True for the seed generator's (PrixFixe) files, which have no `schema` key.
+    pub fn is_legacy(&self) -> bool {
+        self.schema.is_none()
+    }
+
+    /// True when the run was ended early.
+    pub fn interrupted(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.interrupted)
+    }
+
+    /// The run's start, parsed from `metrics.start_time`.
+    pub fn start_time(&self) -> Option<DateTime<Utc>> {
+        parse_timestamp(&self.metrics.start_time)
+    }
+
+    /// The run's end, parsed from `metrics.end_time`.
+    pub fn end_time(&self) -> Option<DateTime<Utc>> {
+        parse_timestamp(&self.metrics.end_time)
+    }
+
+    /// Writes the result as pretty JSON, atomically: a temporary file in the same
+    /// directory is written, synced and renamed over `path`, so a reader never sees
+    /// half a result and a crash never leaves one behind.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ReportError> {
+        io::save_atomic(self, path)
+    }
+}
+
+impl Metrics {
+    /// Successful / total in percent; 0 when nothing was sent.
+    pub fn compute_success_rate(&self) -> f64 {
+        if self.total_messages == 0 {
+            0.0
+        } else {
+            self.successful_messages as f64 * 100.0 / self.total_messages as f64
+        }
+    }
+}
+
+impl LatencySummary {
+    /// Percentiles of a latency histogram recorded in microseconds, in milliseconds.
+    pub fn from_histogram(h: &LatencyHistogram) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            avg: h.mean() / 1000.0,
+            min: ms(h.min()),
+            max: ms(h.max()),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+        }
+    }
+}
+
+/// Parses a result timestamp: RFC 3339 (what Stampede writes) or the naive
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]` that PrixFixe wrote, taken as UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// Formats a timestamp the way Stampede writes it (RFC 3339, UTC, milliseconds).
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests;

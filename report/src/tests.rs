@@ -1,0 +1,197 @@
+use std::path::Path;
+
+use super::*;
+
+fn sample_result() -> RunResult {
+    let mut total = new_latency_histogram();
+    for us in [900, 1_500, 2_000, 2_500, 40_000] {
+        record_latency(&mut total, us);
+    }
+    RunResult {
+        schema: Some(SCHEMA_V1.into()),
+        test_type: "burst".into(),
+        servers: vec!["127.0.0.1:2525".into()],
+        port: 2525,
+        message_size: 10_240,
+        concurrent_workers: Some(4),
+        target_rate: None,
+        metrics: Metrics {
+            total_messages: 5,
+            successful_messages: 5,
+            failed_messages: 0,
+            connection_errors: 0,
+            total_bytes_sent: 51_200,
+            duration_seconds: 1.0,
+            messages_per_second: 5.0,
+            latency_ms: LatencySummary::from_histogram(&total),
+            error_breakdown: BTreeMap::new(),
+            start_time: "2026-11-22T12:00:00.000Z".into(),
+            end_time: "2026-11-22T12:00:01.000Z".into(),
+            timeouts: 0,
+            success_rate: 100.0,
+            late_sends: 0,
+            latency_corrected_ms: None,
+            phases_ms: BTreeMap::new(),
+            replies: BTreeMap::from([("250".into(), 5)]),
+        },
+        generator_saturated: false,
+        run: None,
+        per_server: vec![],
+        timeline: vec![],
+        histograms: Some(Histograms {
+            total: encode_histogram(&total).unwrap(),
+            ..Histograms::default()
+        }),
+        resources: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn histogram_survives_encoding_bucket_for_bucket() {
+    let mut h = new_latency_histogram();
+    for us in 1..=10_000u64 {
+        record_latency(&mut h, us * 37);
+    }
+    let back = decode_histogram(&encode_histogram(&h).unwrap()).unwrap();
+    assert_eq!(back.len(), h.len());
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
+    }
+    assert_eq!(back, h);
+}
+
+#[test]
+fn latency_beyond_an_hour_is_clamped_not_lost() {
+    let mut h = new_latency_histogram();
+    record_latency(&mut h, u64::MAX);
+    record_latency(&mut h, 0);
+    assert_eq!(h.len(), 2);
+}
+
+#[test]
+fn summary_is_in_milliseconds() {
+    let mut h = new_latency_histogram();
+    for _ in 0..100 {
+        record_latency(&mut h, 2_000);
+    }
+    let s = LatencySummary::from_histogram(&h);
+    assert!((s.p50 - 2.0).abs() < 0.01, "{s:?}");
+    assert!((s.avg - 2.0).abs() < 0.01, "{s:?}");
+}
+
+#[test]
+fn saved_result_reads_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/run.json");
+    let result = sample_result();
+    result.save(&path).unwrap();
+    assert_eq!(load(&path).unwrap(), result);
+    // Only the result is left behind, no temporary file.
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("run.json")]);
+}
+
+#[test]
+fn prixfixe_fields_keep_their_places() {
+    let json = serde_json::to_value(sample_result()).unwrap();
+    assert_eq!(json["metrics"]["messages_per_second"], 5.0);
+    assert!(json["metrics"]["latency_ms"]["p99"].is_number());
+    assert_eq!(json["servers"][0], "127.0.0.1:2525");
+    assert_eq!(json["schema"], SCHEMA_V1);
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/prixfixe")
+        .join(name)
+}
+
+#[test]
+fn reads_prixfixe_files() {
+    for name in [
+        "v0.2.0-burst-large-500.json",
+        "v0.2.0-burst-small-1k.json",
+        "v0.2.0-sustained-30s.json",
+    ] {
+        let r = load(&fixture(name)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.is_legacy());
+        assert!(r.start_time().is_some(), "{name}: start_time unparsed");
+        assert!(r.metrics.latency_ms.p99 > 0.0);
+    }
+    let sustained = load(&fixture("v0.2.0-sustained-30s.json")).unwrap();
+    assert_eq!(sustained.target_rate, Some(50.0));
+    assert_eq!(sustained.concurrent_workers, None);
+    assert_eq!(sustained.metrics.total_messages, 1283);
+    assert!((sustained.metrics.success_rate - 100.0).abs() < 1e-9);
+}
+
+fn load_err(text: &str) -> String {
+    load_str(text, Path::new("results/x.json"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn broken_files_get_one_clear_line_naming_file_and_problem() {
+    let full = serde_json::to_string(&sample_result()).unwrap();
+
+    let truncated = load_err(&full[..full.len() / 2]);
+    assert!(
+        truncated.starts_with("results/x.json: truncated"),
+        "{truncated}"
+    );
+
+    let not_json = load_err("hello, world");
+    assert!(
+        not_json.starts_with("results/x.json: not JSON"),
+        "{not_json}"
+    );
+
+    let schema = load_err(&full.replace(SCHEMA_V1, "stampede.result.v9"));
+    assert!(
+        schema.contains("unknown schema \"stampede.result.v9\""),
+        "{schema}"
+    );
+
+    let missing = load_err(r#"{"test_type": "burst"}"#);
+    assert!(missing.contains("missing field"), "{missing}");
+
+    let array = load_err("[1, 2]");
+    assert!(array.contains("not a JSON object"), "{array}");
+
+    let bad_hist = load_err(&full.replace(
+        &sample_result().histograms.unwrap().total,
+        "bm90IGEgaGlzdG9ncmFt",
+    ));
+    assert!(bad_hist.contains("histogram \"total\""), "{bad_hist}");
+
+    let missing_file = load(Path::new("/nonexistent/stampede.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(missing_file.starts_with("/nonexistent/stampede.json: cannot read"));
+
+    for msg in [
+        truncated,
+        not_json,
+        schema,
+        missing,
+        array,
+        bad_hist,
+        missing_file,
+    ] {
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+}
+
+#[test]
+fn timestamps_in_both_formats_parse() {
+    assert!(parse_timestamp("2026-11-22T12:00:00Z").is_some());
+    assert!(parse_timestamp("2026-11-22T12:00:00.123+01:00").is_some());
+    assert!(parse_timestamp("2025-11-28T19:59:07.431015").is_some());
+    assert!(parse_timestamp("yesterday").is_none());
+    let t = parse_timestamp("2026-11-22T12:00:00Z").unwrap();
+    assert_eq!(format_timestamp(t), "2026-11-22T12:00:00.000Z");
+}
