@@ -1,0 +1,65 @@
+//! The admin HTTP listener: `/health`, `/metrics`, `/api/stats`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/stats", get(stats))
+        .with_state(shared)
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let app = router(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+/// 200 when the server takes mail; 503 while draining or above critical memory.
+async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let stats = shared.stats();
+    let status = if stats.draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if stats.memory.level == crate::memory::MemoryLevel::Critical {
+        (StatusCode::SERVICE_UNAVAILABLE, "memory critical")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    (
+        status.0,
+        axum::Json(serde_json::json!({
+            "status": status.1,
+            "active_connections": stats.active_connections,
+        })),
+    )
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    axum::Json(shared.stats())
+}

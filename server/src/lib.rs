@@ -1,0 +1,307 @@
+//! Stampede's reference ESMTP server (`smtp-server`).
+//!
+//! A real RFC 5321 receiver built to stay up and answer correctly under overload:
+//! connection and rate limits at the door, timeouts, size and memory budgets per
+//! message, per session and per process, Prometheus metrics, graceful shutdown.
+//!
+//! The library API lets tests (and the load generator's tests) run the server in
+//! process:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut config = server::Config::default();
+//! config.bind = "127.0.0.1".parse()?;
+//! config.port = 0; // any free port
+//! config.admin_port = None; // no admin listener (Some(0): any free port)
+//! let running = server::start(config).await?;
+//! println!("SMTP on {}", running.smtp_addr());
+//! running.shutdown();
+//! running.wait().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod data;
+pub mod healthcheck;
+pub mod limits;
+pub mod listener;
+pub mod memory;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, StoreKind};
+pub use memory::MemoryLevel;
+pub use store::StoredMessage;
+
+use limits::Admission;
+use memory::MemoryBudget;
+use metrics::Metrics;
+use store::Store;
+
+/// How long sessions get to send their `421 4.3.2` after the grace period.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The two phases of a graceful shutdown.
+#[derive(Debug, Default, Clone)]
+pub struct Shutdown {
+    /// Stop accepting; sessions finish their transaction. `/health` turns 503.
+    pub draining: CancellationToken,
+    /// The grace period is over: every remaining session gets `421 4.3.2`.
+    pub force: CancellationToken,
+}
+
+/// State shared by the listener, every session and the admin endpoints.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub memory: Arc<MemoryBudget>,
+    pub admission: Arc<Admission>,
+    pub store: Store,
+    pub shutdown: Shutdown,
+    pub started: Instant,
+}
+
+/// Memory figures in [`Stats`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryStats {
+    pub level: MemoryLevel,
+    pub accounted_bytes: u64,
+    pub rss_bytes: u64,
+    pub limit_bytes: u64,
+    pub usage_ratio: f64,
+    pub warning_threshold: f64,
+    pub critical_threshold: f64,
+}
+
+/// Rate-limiter settings and state in [`Stats`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RateLimitStats {
+    pub window_seconds: f64,
+    pub max_requests_per_window: u32,
+    pub max_requests_per_window_per_ip: u32,
+    pub tracked_peers: usize,
+}
+
+/// A snapshot of the server's counters (also served as JSON on `/api/stats`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub uptime_seconds: f64,
+    pub draining: bool,
+    pub active_connections: u64,
+    pub connections_accepted: u64,
+    /// Connections refused at admission, by reason (`max_connections`,
+    /// `max_connections_per_ip`, `rate_limit`, `rate_limit_per_ip`, `memory_critical`).
+    pub connections_rejected: BTreeMap<String, u64>,
+    /// Sessions the server closed with a 421, by reason (`idle_timeout`,
+    /// `session_timeout`, `connection_timeout`, `shutdown`).
+    pub sessions_closed: BTreeMap<String, u64>,
+    pub messages_accepted: u64,
+    /// Messages refused, by reason (`size`, `connection_memory`, `memory_critical`,
+    /// `line_too_long`, `store_error`).
+    pub messages_rejected: BTreeMap<String, u64>,
+    /// Message content bytes of accepted messages.
+    pub bytes_received: u64,
+    pub memory: MemoryStats,
+    pub rate_limit: RateLimitStats,
+}
+
+impl Shared {
+    /// Copies the memory figures into the gauges (done before each scrape).
+    pub fn refresh_gauges(&self) {
+        self.metrics
+            .memory_accounted_bytes
+            .set(self.memory.accounted());
+        self.metrics.memory_rss_bytes.set(self.memory.rss());
+        self.metrics.memory_limit_bytes.set(self.memory.limit());
+    }
+
+    pub fn stats(&self) -> Stats {
+        let m = &self.metrics;
+        let usage = self.memory.usage();
+        let limit = self.memory.limit();
+        Stats {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            draining: self.shutdown.draining.is_cancelled(),
+            active_connections: m.active_connections.get().max(0) as u64,
+            connections_accepted: m.connections_accepted.get(),
+            connections_rejected: Metrics::by_reason(&m.connections_rejected),
+            sessions_closed: Metrics::by_reason(&m.sessions_closed_by_server),
+            messages_accepted: m.messages_accepted.get(),
+            messages_rejected: Metrics::by_reason(&m.messages_rejected),
+            bytes_received: m.bytes_received.get(),
+            memory: MemoryStats {
+                level: self.memory.level(),
+                accounted_bytes: self.memory.accounted(),
+                rss_bytes: self.memory.rss(),
+                limit_bytes: limit,
+                usage_ratio: usage as f64 / limit as f64,
+                warning_threshold: self.config.memory_warning_threshold,
+                critical_threshold: self.config.memory_critical_threshold,
+            },
+            rate_limit: RateLimitStats {
+                window_seconds: self.config.rate_limit_window.as_secs_f64(),
+                max_requests_per_window: self.config.max_requests_per_window,
+                max_requests_per_window_per_ip: self.config.max_requests_per_window_per_ip,
+                tracked_peers: self.admission.rate_limited_peers(),
+            },
+        }
+    }
+}
+
+/// A started server. Dropping it does not stop the server; call
+/// [`shutdown`](Self::shutdown) and [`wait`](Self::wait).
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    smtp_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    supervisor: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address the SMTP listener is bound to (with the real port when 0 was asked).
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp_addr
+    }
+
+    /// The admin listener's address, `None` when disabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Begins a graceful shutdown: stop accepting, let transactions in progress finish
+    /// for up to `shutdown_grace`, then `421 4.3.2` to the rest.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.draining.cancel();
+    }
+
+    /// Resolves when the server has fully stopped (after [`shutdown`](Self::shutdown)).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.supervisor
+            .await
+            .context("server supervisor task failed")
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// The messages kept by `store = memory`, oldest first.
+    pub fn stored_messages(&self) -> Vec<StoredMessage> {
+        self.shared.store.messages()
+    }
+}
+
+/// Binds the SMTP listener (and the admin listener when enabled), starts serving and
+/// returns at once.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let smtp_listener = TcpListener::bind(config.smtp_listen_addr())
+        .await
+        .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
+    let smtp_addr = smtp_listener.local_addr()?;
+    let admin_listener = match config.admin_listen_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind admin listener on {addr}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+
+    let store = Store::open(&config).context("cannot open the message store")?;
+    let memory = Arc::new(MemoryBudget::new(
+        config.max_memory_usage,
+        config.memory_warning_threshold,
+        config.memory_critical_threshold,
+    ));
+    let admission = Arc::new(Admission::new(&config, memory.clone()));
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        memory,
+        admission,
+        store,
+        shutdown: Shutdown::default(),
+        started: Instant::now(),
+        config,
+    });
+    shared.refresh_gauges();
+
+    let sessions = TaskTracker::new();
+    let accept_loop = tokio::spawn(
+        listener::Listener {
+            listener: smtp_listener,
+            shared: shared.clone(),
+            sessions: sessions.clone(),
+        }
+        .run(),
+    );
+    let stop_aux = CancellationToken::new();
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), stop_aux.clone())));
+    let monitor = tokio::spawn(monitor(shared.clone(), stop_aux.clone()));
+
+    let supervisor = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.shutdown.draining.cancelled().await;
+            let _ = accept_loop.await;
+            sessions.close();
+            let grace = shared.config.shutdown_grace;
+            if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+                tracing::info!(
+                    remaining = sessions.len(),
+                    "grace period over, closing remaining sessions"
+                );
+                shared.shutdown.force.cancel();
+                let _ = tokio::time::timeout(FORCED_CLOSE_WAIT, sessions.wait()).await;
+            }
+            stop_aux.cancel();
+            if let Some(task) = admin_task {
+                let _ = task.await;
+            }
+            let _ = monitor.await;
+            tracing::info!("server stopped");
+        })
+    };
+
+    Ok(RunningServer {
+        shared,
+        smtp_addr,
+        admin_addr,
+        supervisor,
+    })
+}
+
+/// Samples RSS and keeps the rate-limiter table small, every `monitoring_interval`.
+async fn monitor(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.monitoring_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                shared.memory.sample_rss();
+                shared.admission.housekeeping();
+                shared.refresh_gauges();
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! SMTP commands and replies, without any I/O.
+//!
+//! Command syntax is parsed by `smtp-proto` (Stalwart's fuzzed RFC 5321 parser); this
+//! module maps its result onto the small set of commands this server implements and
+//! decides which parameters are honoured. Line framing (the 512-octet limit, CRLF) is
+//! done by the session before a line gets here.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use smtp_proto::{Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
+
+/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including the CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 5321 4.5.3.1.6: a text line in DATA is at most 1000 octets including the CRLF.
+pub const MAX_DATA_LINE: usize = 1000;
+
+/// A command this server understands, with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo {
+        host: String,
+    },
+    Helo {
+        host: String,
+    },
+    Mail {
+        from: String,
+        size: Option<u64>,
+    },
+    Rcpt {
+        to: String,
+    },
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
+    /// A registered SMTP command that this server does not implement (EXPN, BDAT,
+    /// AUTH, STARTTLS, ...): answered 502.
+    NotImplemented(&'static str),
+}
+
+/// Why a command line was not accepted; each maps onto one reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("unknown command")]
+    Unknown,
+    #[error("syntax: {0}")]
+    Syntax(&'static str),
+    #[error("bad sender address")]
+    BadSender,
+    #[error("bad recipient address")]
+    BadRecipient,
+    #[error("parameter not supported: {0}")]
+    UnsupportedParameter(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(&'static str),
+}
+
+impl CommandError {
+    pub fn reply(&self) -> Reply {
+        match self {
+            CommandError::Unknown => Reply::new(500, "5.5.1", "Command unrecognized"),
+            CommandError::Syntax(syntax) => {
+                Reply::new(501, "5.5.4", format!("Syntax error, expected: {syntax}"))
+            }
+            CommandError::BadSender => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+            CommandError::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            CommandError::UnsupportedParameter(p) => Reply::new(
+                555,
+                "5.5.4",
+                format!("Parameter {p} not recognized or not implemented"),
+            ),
+            CommandError::InvalidParameter(p) => {
+                Reply::new(501, "5.5.4", format!("Invalid {p} parameter"))
+            }
+        }
+    }
+}
+
+/// Parses one command line (ending in LF, at most [`MAX_COMMAND_LINE`] octets).
+pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
+    let request = Request::parse(&mut line.iter()).map_err(|e| match e {
+        ParseError::UnknownCommand => CommandError::Unknown,
+        ParseError::InvalidSenderAddress => CommandError::BadSender,
+        ParseError::InvalidRecipientAddress => CommandError::BadRecipient,
+        ParseError::SyntaxError { syntax } => CommandError::Syntax(syntax),
+        ParseError::InvalidParameter { param } => CommandError::InvalidParameter(param),
+        ParseError::UnsupportedParameter { param } => CommandError::UnsupportedParameter(param),
+        // A whole line was given, so "needs more data" means the line is malformed.
+        _ => CommandError::Syntax("a complete command line"),
+    })?;
+    Ok(match request {
+        Request::Ehlo { host } => Command::Ehlo { host: host.into() },
+        Request::Helo { host } => Command::Helo { host: host.into() },
+        Request::Mail { from } => {
+            // Only the extensions advertised in the EHLO reply are honoured.
+            const HONOURED: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+            let unsupported = from.flags & !HONOURED != 0
+                || from.trans_id.is_some()
+                || from.env_id.is_some()
+                || from.solicit.is_some()
+                || from.mtrk.is_some()
+                || from.auth.is_some()
+                || from.by != 0
+                || from.hold_for != 0
+                || from.hold_until != 0
+                || from.mt_priority != 0;
+            if unsupported {
+                return Err(CommandError::UnsupportedParameter(
+                    "(only SIZE, BODY=7BIT|8BITMIME and SMTPUTF8 are supported)".into(),
+                ));
+            }
+            Command::Mail {
+                from: from.address.into(),
+                size: (from.size > 0).then_some(from.size as u64),
+            }
+        }
+        Request::Rcpt { to } => {
+            if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+                return Err(CommandError::UnsupportedParameter(
+                    "(no RCPT parameters are supported)".into(),
+                ));
+            }
+            Command::Rcpt {
+                to: to.address.into(),
+            }
+        }
+        Request::Data => Command::Data,
+        Request::Rset => Command::Rset,
+        Request::Noop { .. } => Command::Noop,
+        Request::Quit => Command::Quit,
+        Request::Vrfy { .. } => Command::Vrfy,
+        Request::Help { .. } => Command::Help,
+        other => Command::NotImplemented(other.name()),
+    })
+}
+
+/// One SMTP reply: a code, an RFC 3463 enhanced status code and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            status,
+            text: text.into(),
+        }
+    }
+
+    /// Appends the reply, CRLF-terminated, to an output buffer.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail.
+        let _ = write_line(out, self.code, ' ', self.status, &self.text);
+    }
+
+    /// True for replies after which the server closes the connection.
+    pub fn closes(&self) -> bool {
+        self.code == 421 || self.code == 221
+    }
+
+    pub fn ok() -> Self {
+        Self::new(250, "2.0.0", "OK")
+    }
+    pub fn sender_ok() -> Self {
+        Self::new(250, "2.1.0", "Sender OK")
+    }
+    pub fn recipient_ok() -> Self {
+        Self::new(250, "2.1.5", "Recipient OK")
+    }
+    pub fn start_data() -> Self {
+        Self::new(354, "", "Start mail input; end with <CRLF>.<CRLF>")
+    }
+    pub fn message_accepted() -> Self {
+        Self::new(250, "2.0.0", "Message accepted for delivery")
+    }
+    pub fn bye() -> Self {
+        Self::new(221, "2.0.0", "Bye")
+    }
+    pub fn vrfy() -> Self {
+        Self::new(
+            252,
+            "2.5.0",
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+    pub fn help() -> Self {
+        Self::new(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+        )
+    }
+    pub fn bad_sequence(text: &'static str) -> Self {
+        Self::new(503, "5.5.1", text)
+    }
+    pub fn not_implemented(command: &str) -> Self {
+        Self::new(502, "5.5.1", format!("{command} not implemented"))
+    }
+    pub fn command_line_too_long() -> Self {
+        Self::new(500, "5.5.2", "Line too long")
+    }
+    pub fn data_line_too_long() -> Self {
+        Self::new(
+            500,
+            "5.5.2",
+            "Message refused: a line exceeds 1000 octets (RFC 5321 4.5.3.1.6)",
+        )
+    }
+    pub fn too_many_recipients() -> Self {
+        Self::new(452, "4.5.3", "Too many recipients")
+    }
+    pub fn message_too_big() -> Self {
+        Self::new(
+            552,
+            "5.3.4",
+            "Message size exceeds fixed maximum message size",
+        )
+    }
+    pub fn connection_memory_exceeded() -> Self {
+        Self::new(
+            552,
+            "5.3.4",
+            "Message exceeds the per-connection memory limit",
+        )
+    }
+    pub fn insufficient_storage() -> Self {
+        Self::new(452, "4.3.1", "Insufficient system storage, try again later")
+    }
+    pub fn storage_failed() -> Self {
+        Self::new(451, "4.3.0", "Local error in processing, try again later")
+    }
+    pub fn too_busy() -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            "Too many connections, try again later; closing connection",
+        )
+    }
+    pub fn rate_limited() -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            "Connection rate limit exceeded, try again later; closing connection",
+        )
+    }
+    pub fn idle_timeout() -> Self {
+        Self::new(421, "4.4.2", "Idle timeout exceeded; closing connection")
+    }
+    pub fn session_timeout() -> Self {
+        Self::new(
+            421,
+            "4.4.2",
+            "Session time limit exceeded; closing connection",
+        )
+    }
+    pub fn handshake_timeout() -> Self {
+        Self::new(
+            421,
+            "4.4.2",
+            "Timeout waiting for EHLO/HELO; closing connection",
+        )
+    }
+    pub fn shutting_down() -> Self {
+        Self::new(421, "4.3.2", "Server shutting down; closing connection")
+    }
+}
+
+fn write_line(
+    out: &mut Vec<u8>,
+    code: u16,
+    sep: char,
+    status: &str,
+    text: &str,
+) -> std::fmt::Result {
+    let mut s = String::with_capacity(8 + status.len() + text.len());
+    if status.is_empty() {
+        write!(s, "{code}{sep}{text}\r\n")?;
+    } else {
+        write!(s, "{code}{sep}{status} {text}\r\n")?;
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// The banner sent on connect.
+pub fn greeting(domain: &str) -> Reply {
+    Reply::new(
+        220,
+        "",
+        format!("{domain} ESMTP Stampede smtp-server ready"),
+    )
+}
+
+/// Appends the multi-line EHLO reply advertising the supported extensions.
+pub fn write_ehlo(out: &mut Vec<u8>, domain: &str, client: &str, max_message_size: u64) {
+    let lines = [
+        format!("{domain} greets {client}"),
+        "PIPELINING".to_string(),
+        format!("SIZE {max_message_size}"),
+        "8BITMIME".to_string(),
+        "ENHANCEDSTATUSCODES".to_string(),
+        "SMTPUTF8".to_string(),
+        "HELP".to_string(),
+    ];
+    let last = lines.len() - 1;
+    for (i, line) in lines.iter().enumerate() {
+        let sep = if i == last { ' ' } else { '-' };
+        let _ = write_line(out, 250, sep, "", line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_with_size_and_body_parses() {
+        let cmd = parse_command(b"MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME\r\n");
+        assert_eq!(
+            cmd,
+            Ok(Command::Mail {
+                from: "a@example.com".into(),
+                size: Some(1234)
+            })
+        );
+    }
+
+    #[test]
+    fn null_reverse_path_is_accepted() {
+        assert_eq!(
+            parse_command(b"MAIL FROM:<>\r\n"),
+            Ok(Command::Mail {
+                from: String::new(),
+                size: None
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_and_unimplemented_commands_differ() {
+        assert_eq!(parse_command(b"FROB\r\n"), Err(CommandError::Unknown));
+        assert_eq!(
+            parse_command(b"EXPN list\r\n"),
+            Ok(Command::NotImplemented("EXPN"))
+        );
+    }
+
+    #[test]
+    fn unadvertised_parameters_are_refused() {
+        let err = parse_command(b"MAIL FROM:<a@b> RET=FULL\r\n").unwrap_err();
+        assert_eq!(err.reply().code, 555);
+    }
+
+    #[test]
+    fn missing_brackets_is_a_syntax_error() {
+        let err = parse_command(b"MAIL FROM:a@b\r\n").unwrap_err();
+        assert_eq!(err.reply().code, 501);
+    }
+
+    #[test]
+    fn ehlo_reply_lists_extensions_and_ends_with_space_line() {
+        let mut out = Vec::new();
+        write_ehlo(&mut out, "mx", "client", 100);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("250-SIZE 100\r\n"));
+        assert!(text.contains("250-PIPELINING\r\n"));
+        assert!(text.ends_with("250 HELP\r\n"));
+    }
+}
