@@ -199,6 +199,16 @@ impl RunningServer {
         self.shared.stats()
     }
 
+    /// Charges `bytes` to the process memory budget until the returned charge is
+    /// dropped, as if sessions held them. For tests that need to push the server over
+    /// its memory thresholds without allocating that memory.
+    #[doc(hidden)]
+    pub fn hold_memory(&self, bytes: u64) -> memory::MemoryCharge {
+        let mut charge = memory::MemoryCharge::new(self.shared.memory.clone());
+        charge.grow(bytes);
+        charge
+    }
+
     /// The messages kept by `store = memory`, oldest first.
     pub fn stored_messages(&self) -> Vec<StoredMessage> {
         self.shared.store.messages()

@@ -1,0 +1,208 @@
+//! Admission limits, timeouts and the memory budget, provoked over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, start_with, stop};
+
+#[tokio::test]
+async fn global_connection_limit_gets_421_4_7_0() {
+    let server = start_with(|c| c.max_connections = 2).await;
+    let addr = server.smtp_addr();
+    let _a = Client::connect_greeted(addr).await;
+    let _b = Client::connect_greeted(addr).await;
+    let mut refused = Client::connect(addr).await;
+    refused.reply().await.assert(421, "4.7.0");
+    assert!(refused.is_closed().await);
+    assert_eq!(server.stats().connections_rejected["max_connections"], 1);
+    // A slot frees up when a session ends.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _c = Client::connect_greeted(addr).await;
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn per_ip_connection_limit_gets_421_4_7_0() {
+    let server = start_with(|c| {
+        c.max_connections = 100;
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    let addr = server.smtp_addr();
+    let _a = Client::connect_greeted(addr).await;
+    let mut refused = Client::connect(addr).await;
+    refused.reply().await.assert(421, "4.7.0");
+    assert!(refused.is_closed().await);
+    assert_eq!(
+        server.stats().connections_rejected["max_connections_per_ip"],
+        1
+    );
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn per_ip_rate_limit_gets_421_4_7_0() {
+    let server = start_with(|c| {
+        c.rate_limit_window = Duration::from_secs(60);
+        c.max_requests_per_window = 1000;
+        c.max_requests_per_window_per_ip = 3;
+    })
+    .await;
+    let addr = server.smtp_addr();
+    for _ in 0..3 {
+        let mut c = Client::connect_greeted(addr).await;
+        c.cmd("QUIT").await.assert(221, "2.0.0");
+    }
+    let mut refused = Client::connect(addr).await;
+    refused.reply().await.assert(421, "4.7.0");
+    assert_eq!(server.stats().connections_rejected["rate_limit_per_ip"], 1);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn global_rate_limit_gets_421_4_7_0_and_refills_over_the_window() {
+    let server = start_with(|c| {
+        c.rate_limit_window = Duration::from_millis(600);
+        c.max_requests_per_window = 2;
+        c.max_requests_per_window_per_ip = 100;
+    })
+    .await;
+    let addr = server.smtp_addr();
+    for _ in 0..2 {
+        Client::connect_greeted(addr).await;
+    }
+    let mut refused = Client::connect(addr).await;
+    let r = refused.reply().await;
+    r.assert(421, "4.7.0");
+    assert!(r.text().contains("rate"), "{r:?}");
+    assert_eq!(server.stats().connections_rejected["rate_limit"], 1);
+    // One token comes back every window / 2.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Client::connect_greeted(addr).await;
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn idle_timeout_gets_421_4_4_2() {
+    let server = start_with(|c| c.idle_timeout = Duration::from_millis(200)).await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    let started = Instant::now();
+    c.reply().await.assert(421, "4.4.2");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(c.is_closed().await);
+    assert_eq!(server.stats().sessions_closed["idle_timeout"], 1);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn idle_timeout_is_reset_by_each_command() {
+    let server = start_with(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.cmd("NOOP").await.assert(250, "2.0.0");
+    }
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn session_timeout_gets_421_4_4_2_even_for_a_busy_client() {
+    let server = start_with(|c| {
+        c.session_timeout = Duration::from_millis(400);
+        c.idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    let started = Instant::now();
+    loop {
+        let r = c.cmd("NOOP").await;
+        if r.code == 421 {
+            r.assert(421, "4.4.2");
+            assert!(r.text().contains("Session"), "{r:?}");
+            break;
+        }
+        r.assert(250, "2.0.0");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.stats().sessions_closed["session_timeout"], 1);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn connection_timeout_closes_a_client_that_never_says_hello() {
+    let server = start_with(|c| {
+        c.connection_timeout = Duration::from_millis(200);
+        c.idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut c = Client::connect_greeted(server.smtp_addr()).await;
+    let r = c.reply().await;
+    r.assert(421, "4.4.2");
+    assert!(c.is_closed().await);
+    assert_eq!(server.stats().sessions_closed["connection_timeout"], 1);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn memory_over_budget_refuses_new_connections_with_452_4_3_1() {
+    // Any process has more RSS than this budget, so memory is critical from the start.
+    let server = start_with(|c| c.max_memory_usage = 64 * 1024).await;
+    let mut c = Client::connect(server.smtp_addr()).await;
+    c.reply().await.assert(452, "4.3.1");
+    assert!(c.is_closed().await);
+    assert_eq!(server.stats().connections_rejected["memory_critical"], 1);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn memory_above_critical_refuses_new_transactions_but_warning_does_not() {
+    const BUDGET: u64 = 1 << 40; // far above any real RSS: only accounted bytes count
+    let server = start_with(|c| {
+        c.max_memory_usage = BUDGET;
+        c.admin_port = Some(0);
+    })
+    .await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+
+    let warning = server.hold_memory(BUDGET / 100 * 80);
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(250, "2.1.0");
+    c.cmd("RSET").await.assert(250, "2.0.0");
+
+    let critical = server.hold_memory(BUDGET / 100 * 15);
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(452, "4.3.1");
+    let (status, _) = common::http_get(server.admin_addr().unwrap(), "/health").await;
+    assert_eq!(status, 503);
+    let mut refused = Client::connect(server.smtp_addr()).await;
+    refused.reply().await.assert(452, "4.3.1");
+
+    drop(critical);
+    drop(warning);
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(250, "2.1.0");
+    let (status, _) = common::http_get(server.admin_addr().unwrap(), "/health").await;
+    assert_eq!(status, 200);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn message_beyond_the_process_budget_gets_452_4_3_1_after_data() {
+    const BUDGET: u64 = 1 << 40;
+    let server = start_with(|c| {
+        c.max_memory_usage = BUDGET;
+        c.memory_critical_threshold = 1.0;
+        c.memory_warning_threshold = 1.0;
+    })
+    .await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    // Leave less room in the budget than the message needs.
+    let _held = server.hold_memory(BUDGET - 300 * 1024);
+    let r = c.send_message(&common::body_of_size(1024 * 1024)).await;
+    r.assert(452, "4.3.1");
+    assert_eq!(server.stats().messages_rejected["memory_critical"], 1);
+    stop(server).await;
+}
