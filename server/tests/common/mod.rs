@@ -13,14 +13,15 @@ pub const REPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// A config for tests: loopback, ephemeral port, no admin listener, memory store.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.bind = "127.0.0.1".parse().unwrap();
-    config.port = 0;
-    config.admin_port = None;
-    config.domain = "test.example".into();
-    config.store = server::StoreKind::Memory;
-    config.shutdown_grace = Duration::from_millis(300);
-    config
+    Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        admin_port: None,
+        domain: "test.example".into(),
+        store: server::StoreKind::Memory,
+        shutdown_grace: Duration::from_millis(300),
+        ..Config::default()
+    }
 }
 
 pub async fn start_with(f: impl FnOnce(&mut Config)) -> RunningServer {

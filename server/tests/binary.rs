@@ -1,0 +1,226 @@
+//! The `smtp-server` binary: startup line, configuration precedence, bad
+//! configuration, SIGTERM, the healthcheck subcommand.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-server");
+
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    smtp: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The smtp-server command with a clean environment (no inherited SMTP_* settings).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("RUST_LOG", "info").args(args);
+    cmd
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(name)? + name.len();
+    let rest = &line[start..];
+    let rest = rest.trim_start_matches(['"', ':', '=']);
+    Some(rest.split(['"', ' ', ',', '}']).next().unwrap_or(rest))
+}
+
+/// Starts the binary on free ports and waits for its startup line.
+fn spawn(mut cmd: Command) -> Server {
+    let child = cmd
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn smtp-server");
+    let (tx, lines) = mpsc::channel();
+    // From here on the guard kills and reaps the child on every path.
+    let mut server = Server {
+        child,
+        lines,
+        smtp: SocketAddr::from(([0, 0, 0, 0], 0)),
+        admin: None,
+    };
+    let stdout = server.child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("startup line with smtp_addr");
+        if line.contains("smtp_addr") {
+            server.smtp = field(&line, "smtp_addr")
+                .unwrap()
+                .parse()
+                .expect("smtp_addr");
+            server.admin = field(&line, "admin_addr").unwrap().parse().ok();
+            return server;
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill with a valid signal number on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+async fn banner_domain(addr: SocketAddr) -> String {
+    let mut c = Client::connect(addr).await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 220);
+    r.lines[0].split_whitespace().next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn sigterm_drains_sessions_answers_421_4_3_2_and_exits_0() {
+    let mut server = spawn(command(&["--admin-port", "0", "--shutdown-grace", "300ms"]));
+    assert_eq!(
+        server.admin, None,
+        "admin port 0 disables the admin listener"
+    );
+    let mut c = Client::ready(server.smtp).await;
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(250, "2.1.0");
+    sigterm(&server.child);
+    c.reply().await.assert(421, "4.3.2");
+    let status = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = server.lines.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("connection closed")),
+        "close event logged: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_when_healthy_and_1_when_unreachable() {
+    let server = spawn(command(&["--admin-port", "auto"]));
+    let admin = server.admin.expect("admin listener on a free port");
+    let ok = command(&["healthcheck", "--admin-port", &admin.port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let url = format!("http://{admin}/health");
+    let ok = command(&["healthcheck", "--url", &url]).output().unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+
+    // A port nobody listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bad = command(&["healthcheck", "--admin-port", &free.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+}
+
+#[tokio::test]
+async fn flag_beats_env_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("smtp.toml");
+    std::fs::write(
+        &file,
+        "[server]\ndomain = \"file.example\"\nadmin_port = 0\n\n[resources]\nmax_connections = 5\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let server = spawn(command(&["--admin-port", "0"]));
+    assert_eq!(banner_domain(server.smtp).await, "localhost");
+    drop(server);
+
+    let server = spawn(command(&["--config", file]));
+    assert_eq!(banner_domain(server.smtp).await, "file.example");
+    drop(server);
+
+    let mut cmd = command(&["--config", file]);
+    cmd.env("SMTP_DOMAIN", "env.example");
+    let server = spawn(cmd);
+    assert_eq!(banner_domain(server.smtp).await, "env.example");
+    drop(server);
+
+    let mut cmd = command(&["--config", file, "--domain", "flag.example"]);
+    cmd.env("SMTP_DOMAIN", "env.example");
+    let server = spawn(cmd);
+    assert_eq!(banner_domain(server.smtp).await, "flag.example");
+}
+
+#[test]
+fn unknown_config_key_is_a_startup_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("smtp.toml");
+    std::fs::write(&file, "[resources]\nmax_conections = 5\n").unwrap();
+    let out = command(&["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resources.max_conections"), "{stderr}");
+}
+
+#[test]
+fn invalid_values_from_flag_env_and_file_name_their_key() {
+    let out = command(&["--idle-timeout", "forever"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("idle_timeout"));
+
+    let out = command(&[])
+        .env("SMTP_MAX_CONNECTIONS", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("smtp.toml");
+    std::fs::write(&file, "[memory]\nmemory_critical_threshold = 1.5\n").unwrap();
+    let out = command(&["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory_critical_threshold"));
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_listen_addresses_as_fields() {
+    let server = spawn(command(&["--log-format", "json", "--admin-port", "auto"]));
+    assert!(server.admin.is_some());
+    let mut c = Client::ready(server.smtp).await;
+    c.cmd("QUIT").await.assert(221, "2.0.0");
+}
