@@ -552,6 +552,70 @@ mod tests {
     }
 
     #[test]
+    fn example_config_documents_every_key_with_its_default() {
+        let example = include_str!("../smtp-server.example.toml");
+        // Uncomment "# key = value" lines: the result must load and equal the defaults
+        // (except admin_bind, whose example value differs from its default).
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| KEYS.iter().any(|(_, key)| *key == k)) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (section, key) in KEYS {
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))),
+                "{section}.{key} missing from the example"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("smtp-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("example.toml");
+        std::fs::write(&path, uncommented).unwrap();
+        let loaded = Config::load(Some(&path), &BTreeMap::new()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(Config {
+                admin_bind: None,
+                ..loaded
+            })
+            .unwrap(),
+            serde_json::to_value(defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn overrides_beat_the_file_and_the_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("smtp-prec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\ndomain = \"file.example\"\n[resources]\nidle_timeout = \"5s\"\nmax_message_size = \"1MiB\"\n",
+        )
+        .unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("domain".to_string(), "flag.example".to_string());
+        let c = Config::load(Some(&path), &o).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.domain, "flag.example");
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_message_size, MIB);
+        assert_eq!(c.max_connections, 1000);
+    }
+
+    #[test]
     fn warning_above_critical_is_rejected() {
         let mut o = BTreeMap::new();
         o.insert("memory_warning_threshold".to_string(), "0.95".to_string());
