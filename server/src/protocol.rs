@@ -113,9 +113,13 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
                     "(only SIZE, BODY=7BIT|8BITMIME and SMTPUTF8 are supported)".into(),
                 ));
             }
+            let size = match declared_size(line) {
+                Some(size) => Some(size),
+                None => (from.size > 0).then_some(from.size as u64),
+            };
             Command::Mail {
                 from: from.address.into(),
-                size: (from.size > 0).then_some(from.size as u64),
+                size,
             }
         }
         Request::Rcpt { to } => {
@@ -136,6 +140,27 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         Request::Help { .. } => Command::Help,
         other => Command::NotImplemented(other.name()),
     })
+}
+
+/// The value of a `SIZE=` parameter read straight from the line, saturating at
+/// `u64::MAX`. smtp-proto 0.2 wraps a saturated size back to a small number
+/// (`SIZE=` followed by 27 nines parses as a single digit), which would let an
+/// absurd declaration through; this reading is used instead whenever it finds one.
+fn declared_size(line: &[u8]) -> Option<u64> {
+    let params = &line[memchr::memchr(b'>', line)? + 1..];
+    let upper = params.to_ascii_uppercase();
+    let start = upper
+        .windows(6)
+        .position(|w| w == b" SIZE=")
+        .map(|i| i + 6)?;
+    let digits = upper[start..].iter().take_while(|b| b.is_ascii_digit());
+    let mut value: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        any = true;
+        value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    any.then_some(value)
 }
 
 /// One SMTP reply: a code, an RFC 3463 enhanced status code and text.
@@ -329,6 +354,18 @@ mod tests {
             Ok(Command::Mail {
                 from: "a@example.com".into(),
                 size: Some(1234)
+            })
+        );
+    }
+
+    #[test]
+    fn absurd_size_declarations_saturate_instead_of_wrapping() {
+        let cmd = parse_command(b"MAIL FROM:<a@b> SIZE=999999999999999999999999999\r\n");
+        assert_eq!(
+            cmd,
+            Ok(Command::Mail {
+                from: "a@b".into(),
+                size: Some(u64::MAX)
             })
         );
     }

@@ -118,6 +118,8 @@ pub struct Session<S> {
     incoming: Option<Incoming>,
     /// Skipping the rest of a command line that exceeded [`MAX_COMMAND_LINE`].
     discarding_line: bool,
+    /// When the client must have said EHLO/HELO (`connection_timeout` after connect).
+    handshake_deadline: Instant,
     session_deadline: Instant,
     messages: u64,
 }
@@ -125,7 +127,9 @@ pub struct Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         let charge = MemoryCharge::new(shared.memory.clone());
-        let session_deadline = Instant::now() + shared.config.session_timeout;
+        let now = Instant::now();
+        let session_deadline = now + shared.config.session_timeout;
+        let handshake_deadline = now + shared.config.connection_timeout;
         Self {
             stream,
             shared,
@@ -138,6 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             envelope: None,
             incoming: None,
             discarding_line: false,
+            handshake_deadline,
             session_deadline,
             messages: 0,
         }
@@ -189,14 +194,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.prepare_input_buffer();
         let config = &self.shared.config;
         let now = Instant::now();
-        let (mut deadline, mut end) = if self.client_name.is_none() {
-            (
-                now + config.connection_timeout,
-                SessionEnd::HandshakeTimeout,
-            )
-        } else {
-            (now + config.idle_timeout, SessionEnd::IdleTimeout)
-        };
+        let (mut deadline, mut end) = (now + config.idle_timeout, SessionEnd::IdleTimeout);
+        if self.client_name.is_none() && self.handshake_deadline <= deadline {
+            deadline = self.handshake_deadline;
+            end = SessionEnd::HandshakeTimeout;
+        }
         if self.session_deadline <= deadline {
             deadline = self.session_deadline;
             end = SessionEnd::SessionTimeout;

@@ -175,6 +175,18 @@ impl Client {
     }
 }
 
+/// Polls `condition` until it holds; panics after [`REPLY_WAIT`].
+pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + REPLY_WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A plain HTTP/1.0 GET; returns the status and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect admin");
