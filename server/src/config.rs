@@ -176,6 +176,25 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// Production defaults, except: listens on 127.0.0.1 with a free port, no admin
+    /// listener, `store = memory`, and connection-rate limits and the per-IP
+    /// connection limit out of the way (every test client shares one IP). For
+    /// in-process tests; read the port from `RunningServer::smtp_addr`.
+    pub fn for_local_testing() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            admin_port: None,
+            store: StoreKind::Memory,
+            max_connections_per_ip: 1000,
+            max_requests_per_window: u32::MAX,
+            max_requests_per_window_per_ip: u32::MAX,
+            rate_limit_window: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            ..Self::default()
+        }
+    }
+
     /// Builds a configuration from the defaults, an optional TOML file, and overrides
     /// (key → raw string, already merged flag-over-env by the caller). Overrides win
     /// over the file, the file over the defaults.

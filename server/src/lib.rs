@@ -315,3 +315,13 @@ async fn monitor(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn running_server_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::RunningServer>();
+        assert_send_sync::<super::Stats>();
+    }
+}

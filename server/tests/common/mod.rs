@@ -11,16 +11,13 @@ use tokio::net::TcpStream;
 /// How long a test waits for any single reply before failing.
 pub const REPLY_WAIT: Duration = Duration::from_secs(5);
 
-/// A config for tests: loopback, ephemeral port, no admin listener, memory store.
+/// A config for tests: loopback, ephemeral port, no admin listener, memory store,
+/// no rate limits (tests that need them set them).
 pub fn test_config() -> Config {
     Config {
-        bind: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        admin_port: None,
         domain: "test.example".into(),
-        store: server::StoreKind::Memory,
         shutdown_grace: Duration::from_millis(300),
-        ..Config::default()
+        ..Config::for_local_testing()
     }
 }
 
