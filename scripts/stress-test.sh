@@ -1,0 +1,770 @@
+#!/usr/bin/env bash
+# Stampede stress tests: start the reference servers, drive them with loadgen, and
+# leave a result (JSON, table, charts, server logs) in results/.
+#
+# Backends: Docker (docker-compose.stress-test.yml, image built from the host's
+# release binaries) when an engine answers, otherwise local smtp-server processes on
+# 127.0.0.1. Run `scripts/stress-test.sh help` for the verbs and options.
+#
+# Load only ever goes to 127.0.0.1 or to this project's containers on its own
+# compose network; every run is bounded by a message count or a duration.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RESULTS_DIR="$ROOT/results"
+STATE_DIR="$RESULTS_DIR/.stampede"          # pid file, backend marker (git-ignored)
+PID_FILE="$STATE_DIR/servers.pid"
+BACKEND_FILE="$STATE_DIR/backend"
+RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+COMPOSE_FILE="$ROOT/docker-compose.stress-test.yml"
+COMPOSE_PROJECT="stampede"
+IMAGE="stampede:local"
+DOCKER_CONTEXT="$ROOT/docker/bin"           # git-ignored build context
+ENV_FILE="$ROOT/docker/stress-test.env"
+
+MAX_DOCKER_SERVERS=5                        # services in the compose file
+MAX_LOCAL_SERVERS=20
+SMTP_BASE_PORT="${STAMPEDE_SMTP_BASE_PORT:-2525}"
+ADMIN_BASE_PORT="${STAMPEDE_ADMIN_BASE_PORT:-8081}"
+HEALTH_TIMEOUT_S="${STAMPEDE_HEALTH_TIMEOUT:-60}"
+
+SERVERS=5
+SERVERS_SET=0                               # 1 when --servers was given
+BACKEND=""                                  # docker | local; chosen on first use
+BACKEND_FORCED=""
+COOLDOWN_S="${STAMPEDE_COOLDOWN:-10}"
+CLEAN_RESULTS=0
+
+# Set while a verb has started servers it must stop again on failure or exit.
+OWNED_SERVERS=0
+
+# ---------------------------------------------------------------------------------
+# Output helpers
+
+if [[ -t 1 ]]; then
+    C_BOLD=$'\e[1m'; C_RED=$'\e[31m'; C_GREEN=$'\e[32m'; C_YELLOW=$'\e[33m'; C_OFF=$'\e[0m'
+else
+    C_BOLD=""; C_RED=""; C_GREEN=""; C_YELLOW=""; C_OFF=""
+fi
+info() { printf '%s==>%s %s\n' "$C_BOLD" "$C_OFF" "$*"; }
+ok() { printf '%s ok%s %s\n' "$C_GREEN" "$C_OFF" "$*"; }
+warn() { printf '%swarning:%s %s\n' "$C_YELLOW" "$C_OFF" "$*" >&2; }
+die() { printf '%serror:%s %s\n' "$C_RED" "$C_OFF" "$*" >&2; exit 1; }
+
+# Runs a command with its output held back; shows the output only when it fails.
+quietly() {
+    local out status=0
+    out="$("$@" 2>&1)" || status=$?
+    ((status == 0)) || printf '%s\n' "$out" >&2
+    return "$status"
+}
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/stress-test.sh [options] <verb> [args]
+
+Verbs:
+  build            cargo build --release (server, loadgen, analyze); with Docker also
+                   copies the binaries into docker/bin and builds the image stampede:local
+  start            start the servers and wait until they are healthy
+  stop             stop the servers (no container or process is left behind)
+  clean            stop, then remove this project's containers, network, image and
+                   docker/bin (results are kept; add --results to delete them too)
+  status           servers up/down with live CPU% and memory
+  logs             save each server's log to results/server<N>-logs/ and archive them
+                   all to results/<stamp>-logs.tar.gz
+  test-quick       100 x 1 KiB messages, 10 workers (burst)
+  test-burst       5000 x 10 KiB, 50 workers (burst)
+  test-sustained   60 s at 50 messages/s, 10 KiB (sustained, open model)
+  test-heavy       10000 x 10 KiB, 100 workers (burst)
+  test-mixed       2600 messages in one burst run with the size mix
+                   1000 small : 1000 medium : 500 large : 100 xlarge, 50 workers
+  test-all         every test above, with a cooldown between them
+  run-custom ARGS  run loadgen with ARGS passed through; --servers, --port, --output
+                   (and --monitor-containers under Docker) are added when not given
+  help             this text
+
+Options (before the verb):
+  --servers N      number of servers (default 5; Docker: 1-5)
+  --local          run the servers as local processes on 127.0.0.1
+  --docker         run the servers with Docker Compose
+  --cooldown S     seconds between the tests of test-all (default 10)
+  --results        with clean: also delete everything in results/
+
+Every test writes results/<stamp>-<test>.json, prints the analyze table, draws
+charts into results/<stamp>-<test>-charts/ and saves the server logs. A test that
+finds the servers already running (from `start`, same backend and count) uses them
+and leaves them running; otherwise it starts them and stops them when it ends.
+
+Environment: STAMPEDE_SMTP_BASE_PORT (2525), STAMPEDE_ADMIN_BASE_PORT (8081; local
+backend), STAMPEDE_HEALTH_TIMEOUT (60 s), STAMPEDE_COOLDOWN (10 s),
+STAMPEDE_DOCKER_TIMEOUT (5 s to decide whether Docker answers).
+EOF
+}
+
+stamp() { date +%Y%m%d-%H%M%S; }
+
+# ---------------------------------------------------------------------------------
+# Backend selection
+
+COMPOSE=()
+find_compose() {
+    if docker compose version >/dev/null 2>&1; then
+        COMPOSE=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
+        COMPOSE=(docker-compose)
+    else
+        return 1
+    fi
+}
+
+docker_answers() {
+    command -v docker >/dev/null 2>&1 &&
+        timeout "${STAMPEDE_DOCKER_TIMEOUT:-5}" docker info >/dev/null 2>&1
+}
+
+# Picks the backend once: forced by --local/--docker, else what is running now
+# (so `stop`, `status` and `logs` follow `start`), else Docker when it answers.
+choose_backend() {
+    [[ -n "$BACKEND" ]] && return 0
+    if [[ "$BACKEND_FORCED" == docker ]]; then
+        docker_answers || die "--docker: the Docker engine does not answer ('docker info' failed or took over ${STAMPEDE_DOCKER_TIMEOUT:-5} s); is the daemon running and may you use its socket? Use --local to run without Docker."
+        find_compose || die "--docker: neither 'docker compose' nor 'docker-compose' is installed"
+        BACKEND=docker
+    elif [[ "$BACKEND_FORCED" == local ]]; then
+        BACKEND=local
+    elif [[ -f "$BACKEND_FILE" ]] && servers_recorded; then
+        BACKEND="$(cut -d' ' -f1 "$BACKEND_FILE")"
+        ((SERVERS_SET == 1)) || SERVERS="$(recorded_count)"
+        [[ "$BACKEND" == docker ]] && { find_compose || die "servers were started with Docker, but compose is gone"; }
+    elif docker_answers && find_compose; then
+        BACKEND=docker
+    else
+        BACKEND=local
+        if command -v docker >/dev/null 2>&1; then
+            info "Docker does not answer (or compose is missing): using local processes"
+        fi
+    fi
+    if [[ "$BACKEND" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
+        die "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
+    fi
+    info "backend: $BACKEND ($SERVERS server(s))"
+}
+
+# True when a `start` left servers recorded in the state directory.
+servers_recorded() {
+    [[ -f "$BACKEND_FILE" ]] || return 1
+    local backend
+    backend="$(cut -d' ' -f1 "$BACKEND_FILE")"
+    case "$backend" in
+        local) [[ -s "$PID_FILE" ]] && any_pid_alive ;;
+        docker) docker_answers && find_compose && [[ -n "$(compose ps -q 2>/dev/null)" ]] ;;
+        *) return 1 ;;
+    esac
+}
+
+recorded_count() { cut -d' ' -f2 "$BACKEND_FILE" 2>/dev/null || echo 0; }
+
+compose() {
+    "${COMPOSE[@]}" -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE" "$@"
+}
+
+# ---------------------------------------------------------------------------------
+# Building
+
+BINARIES=(smtp-server loadgen analyze)
+
+cargo_build() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
+    info "cargo build --release -p server -p loadgen -p analyze"
+    cargo build --release -p server -p loadgen -p analyze
+}
+
+# Builds the release binaries when one of those named (default: all) is missing.
+ensure_binaries() {
+    local bin
+    (($# > 0)) || set -- "${BINARIES[@]}"
+    for bin in "$@"; do
+        if [[ ! -x "$RELEASE_DIR/$bin" ]]; then
+            info "$RELEASE_DIR/$bin is missing; building"
+            cargo_build
+            return
+        fi
+    done
+}
+
+# Copies the release binaries and the shared libraries they load into
+# docker/bin/rootfs (see docker/Dockerfile for why) and builds the image.
+build_image() {
+    local rootfs="$DOCKER_CONTEXT/rootfs" bin lib
+    rm -rf "$rootfs"
+    mkdir -p "$rootfs/etc" "$rootfs/tmp" "$rootfs/results"
+    chmod 1777 "$rootfs/tmp"
+    cp "$ROOT/docker/nsswitch.conf" "$rootfs/etc/nsswitch.conf"
+    for bin in "${BINARIES[@]}"; do
+        cp -p "$RELEASE_DIR/$bin" "$rootfs/$bin"
+        # `ldd` prints "=> /path (addr)" or "/path (addr)" per library; static
+        # binaries print "not a dynamic executable" / "statically linked".
+        while read -r lib; do
+            [[ -e "$rootfs$lib" ]] && continue
+            mkdir -p "$rootfs$(dirname "$lib")"
+            cp -L "$lib" "$rootfs$lib"
+        done < <(ldd "$RELEASE_DIR/$bin" 2>/dev/null | grep -o '/[^ ]*' || true)
+    done
+    info "docker build -t $IMAGE (context docker/bin, $(du -sh "$rootfs" | cut -f1))"
+    quietly docker build -f "$ROOT/docker/Dockerfile" -t "$IMAGE" \
+        --label "com.stampede.project=$COMPOSE_PROJECT" "$DOCKER_CONTEXT" ||
+        die "docker build failed (see above); the context is $DOCKER_CONTEXT"
+    ok "image $IMAGE"
+}
+
+# The image is rebuilt when missing or when a host binary is newer than its copy.
+ensure_image() {
+    local bin stale=0
+    docker image inspect "$IMAGE" >/dev/null 2>&1 || stale=1
+    for bin in "${BINARIES[@]}"; do
+        [[ "$RELEASE_DIR/$bin" -nt "$DOCKER_CONTEXT/rootfs/$bin" || ! -e "$DOCKER_CONTEXT/rootfs/$bin" ]] && stale=1
+    done
+    ((stale == 0)) || build_image
+}
+
+cmd_build() {
+    cargo_build
+    if [[ "$BACKEND_FORCED" != local ]] && docker_answers; then
+        build_image
+    else
+        info "no Docker engine answers: skipping the image (the local backend needs none)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------
+# Local backend: smtp-server processes on 127.0.0.1
+
+local_smtp_port() { echo $((SMTP_BASE_PORT + $1 - 1)); }
+local_admin_port() { echo $((ADMIN_BASE_PORT + $1 - 1)); }
+
+port_in_use() {
+    # Bash's /dev/tcp: connecting succeeds only when something listens there.
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+any_pid_alive() {
+    local pid
+    [[ -f "$PID_FILE" ]] || return 1
+    while read -r _ pid _; do
+        kill -0 "$pid" 2>/dev/null && return 0
+    done <"$PID_FILE"
+    return 1
+}
+
+local_start() {
+    local n port admin pid logdir
+    for ((n = 1; n <= SERVERS; n++)); do
+        port="$(local_smtp_port "$n")"
+        admin="$(local_admin_port "$n")"
+        for p in "$port" "$admin"; do
+            port_in_use "$p" && die "port 127.0.0.1:$p is already in use (a server left running? try 'scripts/stress-test.sh stop', or see 'ss -ltnp | grep :$p'); set STAMPEDE_SMTP_BASE_PORT / STAMPEDE_ADMIN_BASE_PORT to use other ports"
+        done
+    done
+    mkdir -p "$STATE_DIR"
+    : >"$PID_FILE"
+    echo "local $SERVERS" >"$BACKEND_FILE"
+    OWNED_SERVERS=1
+    for ((n = 1; n <= SERVERS; n++)); do
+        port="$(local_smtp_port "$n")"
+        admin="$(local_admin_port "$n")"
+        logdir="$RESULTS_DIR/server$n-logs"
+        mkdir -p "$logdir"
+        # The stress settings come from docker/stress-test.env, as in the compose file.
+        (
+            set -a
+            # shellcheck source=../docker/stress-test.env
+            . "$ENV_FILE"
+            set +a
+            exec "$RELEASE_DIR/smtp-server" --bind 127.0.0.1 --port "$port" \
+                --admin-port "$admin" --domain "smtp-server-$n"
+        ) >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
+        pid=$!
+        echo "$n $pid $port $admin" >>"$PID_FILE"
+    done
+    local_wait_healthy
+}
+
+local_wait_healthy() {
+    local n pid port admin deadline=$((SECONDS + HEALTH_TIMEOUT_S)) pending
+    while :; do
+        pending=0
+        while read -r n pid port admin; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                echo "--- last lines of results/server$n-logs/smtp-server-$n.log:" >&2
+                tail -n 20 "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" >&2 || true
+                die "smtp-server $n (pid $pid, port $port) exited during start-up"
+            fi
+            "$RELEASE_DIR/smtp-server" healthcheck --admin-port "$admin" >/dev/null 2>&1 || pending=$((pending + 1))
+        done <"$PID_FILE"
+        ((pending == 0)) && break
+        ((SECONDS < deadline)) || die "$pending server(s) not healthy after ${HEALTH_TIMEOUT_S} s (logs: results/server<N>-logs/)"
+        sleep 0.2
+    done
+    ok "$SERVERS local server(s) healthy on 127.0.0.1:$(local_smtp_port 1)-$(local_smtp_port "$SERVERS")"
+}
+
+local_stop() {
+    local n pid port admin left
+    [[ -f "$PID_FILE" ]] || return 0
+    # SIGTERM lets each server drain its sessions (up to its grace period).
+    while read -r n pid port admin; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done <"$PID_FILE"
+    for _ in $(seq 1 100); do
+        any_pid_alive || break
+        sleep 0.2
+    done
+    left=0
+    while read -r n pid port admin; do
+        if kill -0 "$pid" 2>/dev/null; then
+            warn "server $n (pid $pid) ignored SIGTERM for 20 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            left=1
+        fi
+    done <"$PID_FILE"
+    ((left == 0)) || sleep 0.5
+    rm -f "$PID_FILE"
+    ok "local servers stopped"
+}
+
+local_servers_list() {
+    local n out=()
+    for ((n = 1; n <= SERVERS; n++)); do out+=("127.0.0.1:$(local_smtp_port "$n")"); done
+    (IFS=,; echo "${out[*]}")
+}
+
+local_status() {
+    local n pid port admin state
+    if [[ ! -s "$PID_FILE" ]]; then
+        echo "no local servers running"
+        return 0
+    fi
+    printf '%-8s %-8s %-16s %-6s %-8s %-10s %s\n' SERVER PID ADDRESS ADMIN HEALTH "CPU%" "RSS"
+    while read -r n pid port admin; do
+        if kill -0 "$pid" 2>/dev/null; then
+            if "$RELEASE_DIR/smtp-server" healthcheck --admin-port "$admin" >/dev/null 2>&1; then
+                state=up
+            else
+                state=unhealthy
+            fi
+            # ps: CPU% over the process lifetime is misleading; top -b gives the
+            # current figure but is not everywhere, so sample /proc over 0.5 s.
+            printf '%-8s %-8s %-16s %-6s %-8s %-10s %s\n' "server$n" "$pid" "127.0.0.1:$port" "$admin" "$state" \
+                "$(cpu_percent_of "$pid")" "$(($(ps -o rss= -p "$pid" 2>/dev/null || echo 0) / 1024)) MiB"
+        else
+            printf '%-8s %-8s %-16s %-6s %-8s\n' "server$n" "$pid" "127.0.0.1:$port" "$admin" down
+        fi
+    done <"$PID_FILE"
+}
+
+# CPU% of one process over half a second, from /proc/<pid>/stat (utime + stime).
+cpu_percent_of() {
+    local pid=$1 t1 t2 hz
+    hz="$(getconf CLK_TCK)"
+    t1="$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null)" || { echo "-"; return; }
+    sleep 0.5
+    t2="$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null)" || { echo "-"; return; }
+    awk -v a="$t1" -v b="$t2" -v hz="$hz" 'BEGIN { printf "%.1f%%", (b - a) / hz / 0.5 * 100 }'
+}
+
+# ---------------------------------------------------------------------------------
+# Docker backend
+
+docker_services() {
+    local n
+    for ((n = 1; n <= SERVERS; n++)); do echo "smtp-server-$n"; done
+}
+
+docker_servers_list() { docker_services | paste -sd, -; }
+
+docker_start() {
+    local n port name
+    ensure_binaries
+    ensure_image
+    for ((n = 1; n <= SERVERS; n++)); do
+        name="smtp-server-$n"
+        if docker inspect "$name" >/dev/null 2>&1 &&
+            [[ "$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "$name")" != "$COMPOSE_PROJECT" ]]; then
+            die "a container named $name exists and is not part of this project; remove or rename it"
+        fi
+        port=$((2524 + n))
+        if port_in_use "$port" && ! docker ps -q --filter "name=^$name\$" | grep -q .; then
+            die "port 127.0.0.1:$port is in use (local servers running? try 'scripts/stress-test.sh --local stop')"
+        fi
+    done
+    mkdir -p "$STATE_DIR" "$RESULTS_DIR"
+    echo "docker $SERVERS" >"$BACKEND_FILE"
+    OWNED_SERVERS=1
+    # Services beyond N (from an earlier, larger start) are stopped so the count holds.
+    local extra=()
+    for ((n = SERVERS + 1; n <= MAX_DOCKER_SERVERS; n++)); do extra+=("smtp-server-$n"); done
+    if ((${#extra[@]} > 0)); then
+        compose rm -sf "${extra[@]}" >/dev/null 2>&1 || true
+    fi
+    info "starting $(docker_services | paste -sd' ' -)"
+    # shellcheck disable=SC2046
+    quietly compose up -d --no-build $(docker_services) ||
+        die "docker-compose up failed (see above)"
+    docker_wait_healthy
+}
+
+docker_wait_healthy() {
+    local deadline=$((SECONDS + HEALTH_TIMEOUT_S)) name state pending
+    while :; do
+        pending=0
+        for name in $(docker_services); do
+            state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$name" 2>/dev/null || echo missing)"
+            case "$state" in
+                "running healthy") ;;
+                running*) pending=$((pending + 1)) ;;
+                *)
+                    docker logs --tail 20 "$name" >&2 2>&1 || true
+                    die "container $name is not running ($state); its last log lines are above"
+                    ;;
+            esac
+        done
+        ((pending == 0)) && break
+        ((SECONDS < deadline)) || die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (see 'scripts/stress-test.sh logs')"
+        sleep 0.5
+    done
+    ok "$SERVERS container(s) healthy (published on 127.0.0.1:2525-$((2524 + SERVERS)))"
+}
+
+docker_stop() {
+    # `down` removes the project's containers (all services, whatever N was) and its
+    # network; --remove-orphans catches load-generator runs that were interrupted.
+    quietly compose --profile load-generator down --remove-orphans --timeout 15 ||
+        quietly compose down --remove-orphans --timeout 15 ||
+        die "docker-compose down failed (see above)"
+    ok "containers and network removed"
+}
+
+docker_status() {
+    local names
+    compose ps 2>/dev/null || true
+    names="$(compose ps -q 2>/dev/null | xargs -r docker inspect -f '{{.Name}}' | sed 's#^/##' | sort)"
+    if [[ -z "$names" ]]; then
+        echo "no containers running"
+        return 0
+    fi
+    echo
+    # shellcheck disable=SC2086
+    docker stats --no-stream --format 'table {{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}\t{{.PIDs}}' $names
+}
+
+# ---------------------------------------------------------------------------------
+# Verbs
+
+cmd_start() {
+    choose_backend
+    if servers_recorded; then
+        die "servers are already running ($(cat "$BACKEND_FILE")); run 'scripts/stress-test.sh stop' first"
+    fi
+    trap on_exit EXIT
+    case "$BACKEND" in
+        local) ensure_binaries smtp-server; local_start ;;
+        docker) docker_start ;;
+    esac
+    OWNED_SERVERS=0   # `start` leaves them running on success
+}
+
+# Stops everything this project may have running, in both backends: a stop must
+# never leave a process or a container behind.
+cmd_stop() {
+    local stopped=0
+    if [[ -s "$PID_FILE" ]]; then
+        local_stop
+        stopped=1
+    fi
+    if [[ "$BACKEND_FORCED" != local ]] && docker_answers && find_compose; then
+        if [[ -n "$(compose --profile load-generator ps -q 2>/dev/null || compose ps -q 2>/dev/null)" ]] ||
+            docker network inspect "${COMPOSE_PROJECT}_stampede" >/dev/null 2>&1; then
+            docker_stop
+            stopped=1
+        fi
+    fi
+    rm -f "$BACKEND_FILE"
+    ((stopped == 1)) || echo "nothing was running"
+}
+
+cmd_clean() {
+    cmd_stop
+    if command -v docker >/dev/null 2>&1 && docker_answers; then
+        if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+            docker image rm "$IMAGE" >/dev/null && ok "image $IMAGE removed"
+        fi
+    fi
+    rm -rf "$DOCKER_CONTEXT" "$STATE_DIR"
+    ok "docker/bin and the state directory removed"
+    if ((CLEAN_RESULTS == 1)); then
+        find "$RESULTS_DIR" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
+        ok "results/ emptied"
+    fi
+}
+
+cmd_status() {
+    choose_backend
+    case "$BACKEND" in
+        local) local_status ;;
+        docker) docker_status ;;
+    esac
+}
+
+# Saves each server's log to results/server<N>-logs/ and archives them.
+# $1: the archive's name stem (default: a time stamp).
+cmd_logs() {
+    local name="${1:-$(stamp)}" n files=() archive
+    choose_backend
+    mkdir -p "$RESULTS_DIR"
+    case "$BACKEND" in
+        docker)
+            for ((n = 1; n <= MAX_DOCKER_SERVERS; n++)); do
+                docker inspect "smtp-server-$n" >/dev/null 2>&1 || continue
+                mkdir -p "$RESULTS_DIR/server$n-logs"
+                docker logs "smtp-server-$n" >"$RESULTS_DIR/server$n-logs/smtp-server-$n.log" 2>&1
+            done
+            ;;
+    esac
+    for ((n = 1; n <= MAX_LOCAL_SERVERS; n++)); do
+        [[ -f "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" ]] && files+=("server$n-logs/smtp-server-$n.log")
+    done
+    if ((${#files[@]} == 0)); then
+        warn "no server logs found (start the servers or run a test first)"
+        return 0
+    fi
+    archive="$RESULTS_DIR/$name-logs.tar.gz"
+    tar -czf "$archive" -C "$RESULTS_DIR" "${files[@]}"
+    ok "logs of ${#files[@]} server(s): results/server<N>-logs/, archive ${archive#"$ROOT"/}"
+}
+
+# Runs loadgen against the current servers. $1: test name; the rest: loadgen flags.
+# Adds --servers, --port, --output and (Docker) --monitor-containers unless given.
+run_loadgen() {
+    local test_name=$1 run_stamp
+    shift
+    local args=("$@") have_servers=0 have_output=0 have_monitor=0 have_type=0 a output
+    for a in "${args[@]}"; do
+        case "$a" in
+            --servers | --servers=*) have_servers=1 ;;
+            --output | --output=* | -o) have_output=1 ;;
+            --monitor-containers | --monitor-containers=*) have_monitor=1 ;;
+            --test-type | --test-type=*) have_type=1 ;;
+        esac
+    done
+    run_stamp="$(stamp)"
+    output="results/$run_stamp-$test_name.json"
+    if ((have_output == 1)); then
+        output=""
+        local i
+        for ((i = 0; i < ${#args[@]}; i++)); do
+            case "${args[$i]}" in
+                --output | -o) output="${args[$((i + 1))]:-}" ;;
+                --output=*) output="${args[$i]#--output=}" ;;
+            esac
+        done
+    else
+        args+=(--output "$output")
+    fi
+    ((have_type == 1)) || args+=(--test-type "$test_name")
+
+    mkdir -p "$RESULTS_DIR"
+    case "$BACKEND" in
+        local)
+            ((have_servers == 1)) || args+=(--servers "$(local_servers_list)")
+            info "loadgen ${args[*]}"
+            "$RELEASE_DIR/loadgen" "${args[@]}"
+            ;;
+        docker)
+            ((have_servers == 1)) || args+=(--servers "$(docker_servers_list)" --port 2525)
+            ((have_monitor == 1)) || args+=(--monitor-containers "$(docker_servers_list)")
+            local run_opts=(--rm)
+            [[ -t 0 && -t 1 ]] || run_opts+=(-T)
+            info "docker-compose run load-generator ${args[*]}"
+            STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
+                STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
+                compose run "${run_opts[@]}" load-generator "${args[@]}"
+            ;;
+    esac
+    LAST_RESULT="$output"
+    LAST_STAMP="$run_stamp"
+}
+
+# Table, charts and logs for the result of the last run.
+present_result() {
+    local test_name=$1 file="$LAST_RESULT" charts
+    [[ -n "$file" && -f "$file" ]] || die "loadgen wrote no result file ($file)"
+    echo
+    "$RELEASE_DIR/analyze" show "$file"
+    charts="${file%.json}-charts"
+    if "$RELEASE_DIR/analyze" chart "$file" --out "$charts" >/dev/null; then
+        ok "charts in $charts/"
+    else
+        warn "analyze chart failed; the result itself is fine"
+    fi
+    cmd_logs "$LAST_STAMP-$test_name" >/dev/null
+    ok "result ${file}; server logs in results/server<N>-logs/ and results/$LAST_STAMP-$test_name-logs.tar.gz"
+}
+
+# Makes sure servers of the chosen backend and count are up; starts them (and
+# arranges to stop them at exit) when they are not.
+ensure_servers() {
+    choose_backend
+    ensure_binaries
+    if servers_recorded; then
+        local running_backend running_count
+        running_backend="$(cut -d' ' -f1 "$BACKEND_FILE")"
+        running_count="$(recorded_count)"
+        if [[ "$running_backend" == "$BACKEND" && "$running_count" == "$SERVERS" ]]; then
+            info "using the running $BACKEND servers"
+            [[ "$BACKEND" == local ]] && local_wait_healthy
+            [[ "$BACKEND" == docker ]] && docker_wait_healthy
+            return 0
+        fi
+        die "other servers are running ($running_backend, $running_count); run 'scripts/stress-test.sh stop' first"
+    fi
+    trap on_exit EXIT
+    case "$BACKEND" in
+        local) local_start ;;
+        docker) docker_start ;;
+    esac
+}
+
+on_exit() {
+    local status=$?
+    if ((OWNED_SERVERS == 1)); then
+        ((status == 0)) || warn "stopping the servers this run started"
+        # Keep the logs of a failed run before the containers go.
+        if ((status != 0)) && [[ "$BACKEND" == docker ]]; then
+            cmd_logs "$(stamp)-failed" >/dev/null 2>&1 || true
+        fi
+        OWNED_SERVERS=0
+        cmd_stop >/dev/null 2>&1 || true
+        ((status == 0)) || echo "servers stopped" >&2
+    fi
+    exit "$status"
+}
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The named tests: loadgen flags per test.
+test_flags() {
+    case "$1" in
+        quick) echo "--mode burst --messages 100 --workers 10 --size small" ;;
+        burst) echo "--mode burst --messages 5000 --workers 50 --size medium" ;;
+        sustained) echo "--mode sustained --duration 60 --rate 50 --size medium" ;;
+        heavy) echo "--mode burst --messages 10000 --workers 100 --size medium" ;;
+        # One run with the seed's four batches mixed together (2600 messages): the
+        # servers see the sizes interleaved, as real traffic comes, and one result
+        # carries the whole test.
+        mixed) echo "--mode burst --messages 2600 --workers 50 --size small=1000,medium=1000,large=500,xlarge=100" ;;
+        *) return 1 ;;
+    esac
+}
+
+run_named_test() {
+    local name=$1 flags
+    flags="$(test_flags "$name")"
+    info "test-$name: $flags"
+    # shellcheck disable=SC2086
+    run_loadgen "$name" $flags
+    present_result "$name"
+}
+
+cmd_test() {
+    ensure_servers
+    run_named_test "$1"
+}
+
+cmd_test_all() {
+    local names=(quick burst sustained heavy mixed) i
+    ensure_servers
+    for ((i = 0; i < ${#names[@]}; i++)); do
+        if ((i > 0)); then
+            info "cooldown ${COOLDOWN_S} s"
+            sleep "$COOLDOWN_S"
+        fi
+        run_named_test "${names[$i]}"
+    done
+    ok "test-all: ${#names[@]} tests done"
+}
+
+cmd_run_custom() {
+    (($# > 0)) || die "run-custom needs loadgen flags, e.g. run-custom --mode burst --messages 500 --workers 20 --size large"
+    ensure_servers
+    run_loadgen custom "$@"
+    present_result custom
+}
+
+# ---------------------------------------------------------------------------------
+# Command line
+
+main() {
+    local verb=""
+    while (($# > 0)); do
+        case "$1" in
+            --servers)
+                [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--servers needs a number"
+                SERVERS=$2
+                SERVERS_SET=1
+                shift 2
+                ;;
+            --servers=*) SERVERS="${1#--servers=}"; SERVERS_SET=1; shift ;;
+            --local) BACKEND_FORCED=local; shift ;;
+            --docker) BACKEND_FORCED=docker; shift ;;
+            --cooldown)
+                [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--cooldown needs seconds"
+                COOLDOWN_S=$2
+                shift 2
+                ;;
+            --results) CLEAN_RESULTS=1; shift ;;
+            -h | --help | help) usage; exit 0 ;;
+            -*) die "unknown option $1 (see 'scripts/stress-test.sh help')" ;;
+            *) verb=$1; shift; break ;;
+        esac
+    done
+    [[ -n "$verb" ]] || { usage; exit 2; }
+    # Options may also follow the verb (except for run-custom, whose args are loadgen's).
+    if [[ "$verb" != run-custom ]]; then
+        while (($# > 0)); do
+            case "$1" in
+                --servers) SERVERS=${2:?--servers needs a number}; shift 2 ;;
+                --servers=*) SERVERS="${1#--servers=}"; SERVERS_SET=1; shift ;;
+                --local) BACKEND_FORCED=local; shift ;;
+                --docker) BACKEND_FORCED=docker; shift ;;
+                --cooldown) COOLDOWN_S=${2:?--cooldown needs seconds}; shift 2 ;;
+                --results) CLEAN_RESULTS=1; shift ;;
+                *) die "unexpected argument '$1' for $verb" ;;
+            esac
+        done
+    fi
+    [[ "$SERVERS" =~ ^[0-9]+$ ]] && ((SERVERS >= 1)) || die "--servers must be a positive number"
+    if [[ "$BACKEND_FORCED" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
+        die "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services"
+    fi
+    ((SERVERS <= MAX_LOCAL_SERVERS)) || die "--servers $SERVERS: at most $MAX_LOCAL_SERVERS"
+
+    case "$verb" in
+        build) cmd_build ;;
+        start) cmd_start ;;
+        stop) cmd_stop ;;
+        clean) cmd_clean ;;
+        status) cmd_status ;;
+        logs) cmd_logs ;;
+        test-quick | test-burst | test-sustained | test-heavy | test-mixed)
+            cmd_test "${verb#test-}"
+            ;;
+        test-all) cmd_test_all ;;
+        run-custom) cmd_run_custom "$@" ;;
+        *) die "unknown verb '$verb' (see 'scripts/stress-test.sh help')" ;;
+    esac
+}
+
+main "$@"
