@@ -224,3 +224,43 @@ async fn message_beyond_the_process_budget_gets_452_4_3_1_after_data() {
     assert_eq!(server.stats().messages_rejected["memory_critical"], 1);
     stop(server).await;
 }
+
+#[tokio::test]
+async fn every_connection_in_a_flood_is_answered_220_or_421() {
+    let server = start_with(|c| c.max_connections = 5).await;
+    let addr = server.smtp_addr();
+    let clients = (0..60).map(|_| async move {
+        let mut c = Client::connect(addr).await;
+        let r = c.try_reply().await.map(|r| r.code);
+        (r, c)
+    });
+    let results = futures_join_all(clients).await;
+    let mut greeted = 0;
+    let mut refused = 0;
+    for (code, _client) in &results {
+        match code {
+            Some(220) => greeted += 1,
+            Some(421) => refused += 1,
+            other => panic!("connection not answered with 220/421: {other:?}"),
+        }
+    }
+    assert_eq!(greeted, 5);
+    assert_eq!(refused, 55);
+    assert_eq!(server.stats().active_connections, 5);
+    drop(results);
+    stop(server).await;
+}
+
+/// Runs futures concurrently on the test runtime and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("client task"));
+    }
+    out
+}
