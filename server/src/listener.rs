@@ -91,9 +91,12 @@ fn refuse(
 ) {
     shared.metrics.reject_connection(refusal);
     tracing::info!(%peer, reason = refusal.reason(), "connection refused");
-    let mut reply = Vec::with_capacity(96);
-    refusal.reply().write_to(&mut reply);
-    if socket.try_write(&reply).is_err() {
+    // The refusal stands in for the greeting, which names the server (RFC 5321 4.2).
+    let mut reply = refusal.reply();
+    reply.text = format!("{} {}", shared.config.domain, reply.text).into();
+    let mut bytes = Vec::with_capacity(128);
+    reply.write_to(&mut bytes);
+    if socket.try_write(&bytes).is_err() {
         return;
     }
     let Ok(permit) = lingering.clone().try_acquire_owned() else {

@@ -82,6 +82,46 @@ impl CommandError {
 
 /// Parses one command line (ending in LF, at most [`MAX_COMMAND_LINE`] octets).
 pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
+    match parse_with_smtp_proto(line) {
+        Err(e @ (CommandError::BadSender | CommandError::BadRecipient)) => {
+            parse_address_literal(line).ok_or(e)
+        }
+        other => other,
+    }
+}
+
+/// smtp-proto 0.2 refuses address literals (`<user@[192.0.2.1]>`, RFC 5321 4.1.3).
+/// Such a line is parsed again with the literal replaced by a placeholder domain,
+/// and the literal is put back into the result.
+fn parse_address_literal(line: &[u8]) -> Option<Command> {
+    let open = memchr::memchr(b'<', line)?;
+    let close = open + memchr::memchr(b'>', &line[open..])?;
+    let address = std::str::from_utf8(&line[open + 1..close]).ok()?;
+    let (local, domain) = address.rsplit_once('@')?;
+    let literal = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let valid = literal.parse::<std::net::Ipv4Addr>().is_ok()
+        || literal
+            .strip_prefix("IPv6:")
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+    if !valid {
+        return None;
+    }
+    let mut substitute = line[..open + 1].to_vec();
+    substitute.extend_from_slice(format!("{local}@address.literal").as_bytes());
+    substitute.extend_from_slice(&line[close..]);
+    match parse_with_smtp_proto(&substitute).ok()? {
+        Command::Mail { size, .. } => Some(Command::Mail {
+            from: address.to_string(),
+            size,
+        }),
+        Command::Rcpt { .. } => Some(Command::Rcpt {
+            to: address.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
     let request = Request::parse(&mut line.iter()).map_err(|e| match e {
         ParseError::UnknownCommand => CommandError::Unknown,
         ParseError::InvalidSenderAddress => CommandError::BadSender,
@@ -367,6 +407,27 @@ mod tests {
                 from: "a@b".into(),
                 size: Some(u64::MAX)
             })
+        );
+    }
+
+    #[test]
+    fn address_literals_are_accepted() {
+        assert_eq!(
+            parse_command(b"RCPT TO:<user@[192.0.2.1]>\r\n"),
+            Ok(Command::Rcpt {
+                to: "user@[192.0.2.1]".into()
+            })
+        );
+        assert_eq!(
+            parse_command(b"MAIL FROM:<u@[IPv6:2001:db8::1]> SIZE=5\r\n"),
+            Ok(Command::Mail {
+                from: "u@[IPv6:2001:db8::1]".into(),
+                size: Some(5)
+            })
+        );
+        assert_eq!(
+            parse_command(b"RCPT TO:<user@[not.an.ip]>\r\n"),
+            Err(CommandError::BadRecipient)
         );
     }
 

@@ -13,7 +13,9 @@ async fn global_connection_limit_gets_421_4_7_0() {
     let _a = Client::connect_greeted(addr).await;
     let _b = Client::connect_greeted(addr).await;
     let mut refused = Client::connect(addr).await;
-    refused.reply().await.assert(421, "4.7.0");
+    let r = refused.reply().await;
+    r.assert(421, "4.7.0");
+    assert!(r.text().contains("test.example"), "names the server: {r:?}");
     assert!(refused.is_closed().await);
     assert_eq!(server.stats().connections_rejected["max_connections"], 1);
     // A slot frees up when a session ends.
