@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 RESULTS_DIR="$ROOT/results"
-STATE_DIR="$RESULTS_DIR/.stampede"          # pid file, backend marker (git-ignored)
+STATE_DIR="${STAMPEDE_STATE_DIR:-$RESULTS_DIR/.stampede}"  # pid file, backend marker (git-ignored)
 PID_FILE="$STATE_DIR/servers.pid"
 BACKEND_FILE="$STATE_DIR/backend"
 RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -100,7 +100,8 @@ and leaves them running; otherwise it starts them and stops them when it ends.
 
 Environment: STAMPEDE_SMTP_BASE_PORT (2525), STAMPEDE_ADMIN_BASE_PORT (8081; local
 backend), STAMPEDE_HEALTH_TIMEOUT (60 s), STAMPEDE_COOLDOWN (10 s),
-STAMPEDE_DOCKER_TIMEOUT (5 s to decide whether Docker answers).
+STAMPEDE_DOCKER_TIMEOUT (5 s to decide whether Docker answers), STAMPEDE_STATE_DIR
+(results/.stampede: pid file and backend marker).
 EOF
 }
 
@@ -476,11 +477,12 @@ cmd_start() {
     OWNED_SERVERS=0   # `start` leaves them running on success
 }
 
-# Stops everything this project may have running, in both backends: a stop must
-# never leave a process or a container behind.
+# Stops everything this project may have running, in both backends (or only the
+# one named by --local/--docker): a stop must never leave a process or a container
+# behind.
 cmd_stop() {
     local stopped=0
-    if [[ -s "$PID_FILE" ]]; then
+    if [[ "$BACKEND_FORCED" != docker && -s "$PID_FILE" ]]; then
         local_stop
         stopped=1
     fi
@@ -530,12 +532,17 @@ cmd_logs() {
                 docker inspect "smtp-server-$n" >/dev/null 2>&1 || continue
                 mkdir -p "$RESULTS_DIR/server$n-logs"
                 docker logs "smtp-server-$n" >"$RESULTS_DIR/server$n-logs/smtp-server-$n.log" 2>&1
+                files+=("server$n-logs/smtp-server-$n.log")
+            done
+            ;;
+        local)
+            # Local servers write their logs there themselves.
+            for ((n = 1; n <= SERVERS; n++)); do
+                [[ -f "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" ]] || continue
+                files+=("server$n-logs/smtp-server-$n.log")
             done
             ;;
     esac
-    for ((n = 1; n <= MAX_LOCAL_SERVERS; n++)); do
-        [[ -f "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" ]] && files+=("server$n-logs/smtp-server-$n.log")
-    done
     if ((${#files[@]} == 0)); then
         warn "no server logs found (start the servers or run a test first)"
         return 0
