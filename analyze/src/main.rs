@@ -1,1 +1,268 @@
-fn main() {}
+//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts
+//! and merged results.
+//!
+//! Exit status: 0 success; 1 `compare` found a regression or `check` a missed
+//! gate; 2 a usage error or a file that could not be read or written (including
+//! a bad file met while listing a directory, after the good ones are shown).
+
+mod catalog;
+mod chart;
+mod check;
+mod compare;
+mod figures;
+mod merge;
+mod tables;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::catalog::Catalog;
+
+/// Exit status when a regression or a missed gate was found.
+const EXIT_FAILED_GATE: u8 = 1;
+/// Exit status for usage errors and unreadable files (clap uses 2 as well).
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "analyze",
+    version,
+    about = "Summarize, compare, gate, chart and merge Stampede load-test results",
+    after_help = "Exit status: 0 ok; 1 compare found a regression or check missed a gate; \
+                  2 usage error or a file that could not be read (named on stderr)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct DirArgs {
+    /// The results directory.
+    #[arg(long, env = "STAMPEDE_RESULTS_DIR", default_value = "results")]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every result in the directory, newest first.
+    List(DirArgs),
+    /// The newest result in the directory, in full.
+    Latest(DirArgs),
+    /// One result in full: config, messages, performance, latency, phases, servers, replies.
+    Show {
+        /// A result file (Stampede or PrixFixe).
+        file: PathBuf,
+    },
+    /// One row of headline figures per result in the directory, newest first.
+    Summary(DirArgs),
+    /// Headline figures of NEW against BASE; exit 1 when NEW regresses past the threshold.
+    Compare(CompareArgs),
+    /// Absolute gates on one result (k6-style thresholds); exit 1 on any miss.
+    Check(CheckArgs),
+    /// PNG and SVG charts; several files are overlaid for comparison.
+    Chart(ChartArgs),
+    /// One result from several generators' results of the same run.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// BASE and NEW result files (or use --base/--new for repeated runs).
+    #[arg(num_args = 0..=2, value_names = ["BASE", "NEW"])]
+    files: Vec<PathBuf>,
+    /// Baseline runs (repeats of one configuration); medians are compared.
+    #[arg(long, num_args = 1.., conflicts_with = "files", requires = "new")]
+    base: Vec<PathBuf>,
+    /// Candidate runs (repeats of one configuration); medians are compared.
+    #[arg(long, num_args = 1.., conflicts_with = "files", requires = "base")]
+    new: Vec<PathBuf>,
+    /// Allowed change in the bad direction: `5%` for every figure (the default),
+    /// `p99=10%` or `p99=2ms` for one figure, `timeouts=off` to exempt one. Repeatable.
+    #[arg(long, value_name = "[FIGURE=]LIMIT")]
+    threshold: Vec<String>,
+    /// Output format; markdown suits a CI step summary.
+    #[arg(long, value_enum, default_value = "table")]
+    format: compare::Format,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The result file to check.
+    file: PathBuf,
+    /// A gate such as 'messages_per_second>=500', 'p99<=25ms', 'success_rate>=99.9%'.
+    #[arg(long = "require", value_name = "GATE", required = true)]
+    require: Vec<String>,
+}
+
+#[derive(Args)]
+struct ChartArgs {
+    /// Result files; each becomes one series named by its file stem.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where the charts are written (created if missing).
+    #[arg(long, default_value = "results/charts")]
+    out: PathBuf,
+    /// Chart width in pixels.
+    #[arg(long, default_value_t = 1200)]
+    width: u32,
+    /// Chart height in pixels.
+    #[arg(long, default_value_t = 700)]
+    height: u32,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Results of the generators of one run.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The merged result file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("analyze: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::List(d) => list(&d.dir, |entries| tables::list(entries).to_string()),
+        Command::Summary(d) => list(&d.dir, |entries| tables::summary(entries).to_string()),
+        Command::Latest(d) => latest(&d.dir),
+        Command::Show { file } => {
+            let r = catalog::load(&file)?;
+            print!("{}", tables::show(&file, &r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare(args) => run_compare(args),
+        Command::Check(args) => run_check(args),
+        Command::Chart(args) => run_chart(args),
+        Command::Merge(args) => run_merge(args),
+    }
+}
+
+/// `list` and `summary`: the good files are shown, each bad one gets a line on
+/// stderr, and any bad one makes the exit status 2.
+fn list(dir: &Path, render: impl Fn(&[catalog::Entry]) -> String) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::scan(dir)?;
+    if catalog.entries.is_empty() {
+        println!("no results in {}", dir.display());
+    } else {
+        println!("{}", render(&catalog.entries));
+    }
+    Ok(exit_for_bad_files(&catalog))
+}
+
+fn exit_for_bad_files(catalog: &Catalog) -> ExitCode {
+    if catalog.report_bad() {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn latest(dir: &Path) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::scan(dir)?;
+    let Some(newest) = catalog.entries.first() else {
+        catalog.report_bad();
+        bail!("{}: no readable results", dir.display());
+    };
+    print!("{}", tables::show(&newest.path, &newest.result));
+    Ok(exit_for_bad_files(&catalog))
+}
+
+fn load_all(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, report::RunResult)>> {
+    paths
+        .iter()
+        .map(|p| Ok((p.clone(), catalog::load(p)?)))
+        .collect()
+}
+
+fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let (base, new) = match args.files.as_slice() {
+        [base, new] => (vec![base.clone()], vec![new.clone()]),
+        [] if !args.base.is_empty() => (args.base, args.new),
+        _ => bail!("compare needs BASE and NEW files, or --base FILE... --new FILE..."),
+    };
+    let thresholds = compare::Thresholds::parse(&args.threshold).map_err(anyhow::Error::msg)?;
+    let base = load_all(&base)?;
+    let new = load_all(&new)?;
+    let comparison = compare::compare(&base, &new, &thresholds);
+    for w in &comparison.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    print!("{}", compare::render(&comparison, args.format));
+    Ok(if comparison.regressions.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED_GATE)
+    })
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let gates = args
+        .require
+        .iter()
+        .map(|g| check::Gate::parse(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let result = catalog::load(&args.file)?;
+    let outcomes = check::evaluate(&result, &gates);
+    for o in &outcomes {
+        println!("{}", o.line);
+    }
+    let missed = outcomes.iter().filter(|o| !o.passed).count();
+    if missed == 0 {
+        println!("all {} gates passed", outcomes.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{missed} of {} gates missed", outcomes.len());
+        Ok(ExitCode::from(EXIT_FAILED_GATE))
+    }
+}
+
+fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {
+    if args.width < 200 || args.height < 150 {
+        bail!("--width/--height: a chart needs at least 200x150 pixels");
+    }
+    let inputs = load_all(&args.files)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the chart directory", args.out.display()))?;
+    let report = chart::draw_all(&inputs, &args.out, (args.width, args.height))?;
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
+    for note in &report.skipped {
+        eprintln!("skipped: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let inputs = load_all(&args.files)?;
+    let (merged, notes) = merge::merge(&inputs)?;
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    merged.save(&args.output)?;
+    println!(
+        "merged {} results into {}: {} messages, {:.2} msg/s, p99 {} ms",
+        inputs.len(),
+        args.output.display(),
+        merged.metrics.total_messages,
+        merged.metrics.messages_per_second,
+        figures::format_ms(merged.metrics.latency_ms.p99)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,633 @@
+//! `chart`: PNG and SVG charts of one or several results, one series per file.
+//!
+//! Text is drawn with DejaVu Sans compiled into the binary and registered with
+//! plotters' `ab_glyph` backend, so charts render on a bare machine or a `FROM
+//! scratch` container with no fonts installed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use anyhow::Context;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use report::{RunResult, decode_histogram};
+
+use crate::catalog::stem;
+
+/// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans.LICENSE`).
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// The family name plotters asks for by default (`FontFamily::SansSerif`).
+const FONT_FAMILY: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Cannot fail for the embedded file; a broken build would show in the
+        // chart tests at once.
+        let _ = plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT);
+    });
+}
+
+/// What `chart` did.
+#[derive(Default)]
+pub struct ChartReport {
+    pub written: Vec<PathBuf>,
+    /// One line per chart or file left out, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// A series of one input file.
+struct Series<'a> {
+    name: String,
+    result: &'a RunResult,
+    color: RGBColor,
+}
+
+/// A chart that can draw itself on any plotters backend.
+trait Chart {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Colors that stay apart on white and for common color blindness (Okabe-Ito).
+const COLORS: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+    RGBColor(240, 228, 66),
+];
+
+fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
+
+/// Draws every chart the inputs allow into `out`, as `NAME.png` and `NAME.svg`.
+pub fn draw_all(
+    inputs: &[(PathBuf, RunResult)],
+    out: &Path,
+    size: (u32, u32),
+) -> anyhow::Result<ChartReport> {
+    register_font();
+    let series: Vec<Series> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (path, result))| Series {
+            name: stem(path),
+            result,
+            color: color(i),
+        })
+        .collect();
+    let mut report = ChartReport::default();
+    let legacy_note = |s: &Series, what: &str| {
+        format!(
+            "{}: no {what}{}",
+            s.name,
+            if s.result.is_legacy() {
+                " (PrixFixe v0.2 (legacy) file)"
+            } else {
+                ""
+            }
+        )
+    };
+
+    let with_timeline: Vec<&Series> = series
+        .iter()
+        .filter(|s| !s.result.timeline.is_empty())
+        .collect();
+    for s in series.iter().filter(|s| s.result.timeline.is_empty()) {
+        report.skipped.push(legacy_note(
+            s,
+            "timeline: left out of throughput and latency over time",
+        ));
+    }
+    if with_timeline.is_empty() {
+        report
+            .skipped
+            .push("throughput, latency: no input has a timeline".to_string());
+    } else {
+        render(
+            &Throughput(&with_timeline),
+            out,
+            "throughput",
+            size,
+            &mut report,
+        )?;
+        render(
+            &LatencyOverTime(&with_timeline),
+            out,
+            "latency",
+            size,
+            &mut report,
+        )?;
+    }
+
+    for s in series.iter().filter(|s| s.result.histograms.is_none()) {
+        report.skipped.push(legacy_note(
+            s,
+            "histogram: its spectrum is drawn through the summary percentiles only",
+        ));
+    }
+    render(&Spectrum(&series), out, "spectrum", size, &mut report)?;
+
+    let with_servers: Vec<&Series> = series
+        .iter()
+        .filter(|s| !s.result.per_server.is_empty())
+        .collect();
+    if with_servers.is_empty() {
+        report
+            .skipped
+            .push("servers: no input has per-server figures".to_string());
+    } else {
+        for s in series.iter().filter(|s| s.result.per_server.is_empty()) {
+            report.skipped.push(legacy_note(s, "per-server figures"));
+        }
+        render(&Servers(&with_servers), out, "servers", size, &mut report)?;
+    }
+
+    let with_resources: Vec<&Series> = series
+        .iter()
+        .filter(|s| s.result.resources.values().any(|v| !v.is_empty()))
+        .collect();
+    if with_resources.is_empty() {
+        report
+            .skipped
+            .push("resources: no input has server CPU/memory samples".to_string());
+    } else {
+        render(
+            &Resources(&with_resources),
+            out,
+            "resources",
+            size,
+            &mut report,
+        )?;
+    }
+    Ok(report)
+}
+
+fn render<C: Chart>(
+    chart: &C,
+    out: &Path,
+    name: &str,
+    size: (u32, u32),
+    report: &mut ChartReport,
+) -> anyhow::Result<()> {
+    let png = out.join(format!("{name}.png"));
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        chart
+            .draw(&root)
+            .with_context(|| format!("{}: cannot draw", png.display()))?;
+        root.present()
+            .with_context(|| format!("{}: cannot write", png.display()))?;
+    }
+    report.written.push(png);
+    let svg = out.join(format!("{name}.svg"));
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        chart
+            .draw(&root)
+            .with_context(|| format!("{}: cannot draw", svg.display()))?;
+        root.present()
+            .with_context(|| format!("{}: cannot write", svg.display()))?;
+    }
+    report.written.push(svg);
+    Ok(())
+}
+
+/// The top of a value axis: room above the highest value for the legend, and a
+/// range plotters can draw even when every value is 0.
+fn upper(max: f64) -> f64 {
+    if max > 0.0 && max.is_finite() {
+        max * 1.3
+    } else {
+        1.0
+    }
+}
+
+fn caption_style() -> TextStyle<'static> {
+    (FONT_FAMILY, 24).into_font().into()
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    Ok(())
+}
+
+fn line_legend(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
+}
+
+/// Successful messages per second over the run.
+struct Throughput<'a>(&'a [&'a Series<'a>]);
+
+impl Chart for Throughput<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let max_t = self
+            .0
+            .iter()
+            .flat_map(|s| &s.result.timeline)
+            .map(|p| p.t_s)
+            .max()
+            .unwrap_or(1);
+        let max_y = self
+            .0
+            .iter()
+            .flat_map(|s| &s.result.timeline)
+            .map(|p| p.ok.max(p.failed) as f64)
+            .fold(0.0, f64::max);
+        let mut chart = ChartBuilder::on(root)
+            .caption("Throughput over time", caption_style())
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..max_t.max(1) as f64, 0f64..upper(max_y))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since start")
+            .y_desc("successful msg/s")
+            .draw()?;
+        for s in self.0 {
+            let c = s.color;
+            chart
+                .draw_series(LineSeries::new(
+                    s.result
+                        .timeline
+                        .iter()
+                        .map(|p| (p.t_s as f64, p.ok as f64)),
+                    c.stroke_width(2),
+                ))?
+                .label(s.name.clone())
+                .legend(line_legend(c, 2));
+            if s.result.timeline.iter().any(|p| p.failed > 0) {
+                chart
+                    .draw_series(LineSeries::new(
+                        s.result
+                            .timeline
+                            .iter()
+                            .map(|p| (p.t_s as f64, p.failed as f64)),
+                        c.mix(0.5).stroke_width(1),
+                    ))?
+                    .label(format!("{} failed/s", s.name))
+                    .legend(line_legend(c, 1));
+            }
+        }
+        legend(&mut chart)
+    }
+}
+
+/// Per-second p50 and p99 over the run.
+struct LatencyOverTime<'a>(&'a [&'a Series<'a>]);
+
+impl Chart for LatencyOverTime<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let points = || self.0.iter().flat_map(|s| &s.result.timeline);
+        let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
+        let max_y = points().map(|p| p.p99_ms.max(p.p50_ms)).fold(0.0, f64::max);
+        let mut chart = ChartBuilder::on(root)
+            .caption("Latency over time (per second)", caption_style())
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..max_t.max(1) as f64, 0f64..upper(max_y))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since start")
+            .y_desc("latency (ms)")
+            .draw()?;
+        for s in self.0 {
+            let c = s.color;
+            chart
+                .draw_series(LineSeries::new(
+                    s.result.timeline.iter().map(|p| (p.t_s as f64, p.p99_ms)),
+                    c.stroke_width(2),
+                ))?
+                .label(format!("{} p99", s.name))
+                .legend(line_legend(c, 2));
+            chart
+                .draw_series(LineSeries::new(
+                    s.result.timeline.iter().map(|p| (p.t_s as f64, p.p50_ms)),
+                    c.mix(0.6).stroke_width(1),
+                ))?
+                .label(format!("{} p50", s.name))
+                .legend(line_legend(c, 1));
+        }
+        legend(&mut chart)
+    }
+}
+
+/// The percentile spectrum: latency against percentile, the percentile on a log
+/// scale of 1/(1−q) so the tail (99%, 99.9%, 99.99%) gets as much room as the body,
+/// as HdrHistogram's plotter draws it.
+struct Spectrum<'a>(&'a [Series<'a>]);
+
+/// `(x = 1/(1−q), latency ms)` points of a series, with its label.
+fn spectrum_points(s: &Series) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out = Vec::new();
+    match &s.result.histograms {
+        Some(h) => {
+            let named = std::iter::once((s.name.clone(), Some(&h.total))).chain(
+                h.corrected
+                    .as_ref()
+                    .map(|c| (format!("{} (corrected)", s.name), Some(c))),
+            );
+            for (label, text) in named {
+                let Some(Ok(hist)) = text.map(|t| decode_histogram(t)) else {
+                    continue;
+                };
+                if hist.is_empty() {
+                    continue;
+                }
+                let mut points: Vec<(f64, f64)> = hist
+                    .iter_quantiles(5)
+                    .filter(|v| v.quantile_iterated_to() < 1.0)
+                    .map(|v| {
+                        (
+                            1.0 / (1.0 - v.quantile_iterated_to()),
+                            v.value_iterated_to() as f64 / 1000.0,
+                        )
+                    })
+                    .collect();
+                // End the line at the maximum, placed at the last sample's quantile.
+                points.push((hist.len().max(2) as f64, hist.max() as f64 / 1000.0));
+                out.push((label, points));
+            }
+        }
+        None => {
+            let l = &s.result.metrics.latency_ms;
+            let points = [
+                (0.0, l.min),
+                (0.5, l.p50),
+                (0.9, l.p90),
+                (0.95, l.p95),
+                (0.99, l.p99),
+                (0.999, l.p99_9),
+            ]
+            .into_iter()
+            .map(|(q, v)| (1.0 / (1.0 - q), v))
+            .collect();
+            out.push((format!("{} (summary points)", s.name), points));
+        }
+    }
+    out
+}
+
+/// `90%`, `99.9%` for a spectrum x coordinate.
+fn percentile_label(x: f64) -> String {
+    let p = 100.0 * (1.0 - 1.0 / x);
+    let text = format!("{p:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
+impl Chart for Spectrum<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        // (file color, 0 = measured / 1 = corrected, label, points)
+        type Line = (RGBColor, usize, String, Vec<(f64, f64)>);
+        let series: Vec<Line> = self
+            .0
+            .iter()
+            .flat_map(|s| {
+                spectrum_points(s)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (label, pts))| (s.color, k, label, pts))
+            })
+            .collect();
+        let max_x = series
+            .iter()
+            .flat_map(|(_, _, _, p)| p)
+            .map(|p| p.0)
+            .fold(1000.0, f64::max);
+        let max_y = series
+            .iter()
+            .flat_map(|(_, _, _, p)| p)
+            .map(|p| p.1)
+            .fold(0.0, f64::max);
+        let mut chart = ChartBuilder::on(root)
+            .caption("Latency by percentile", caption_style())
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d((1f64..max_x * 1.2).log_scale(), 0f64..upper(max_y))?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (ms)")
+            .x_label_formatter(&|x| percentile_label(*x))
+            .draw()?;
+        for (c, k, label, points) in series {
+            // The corrected spectrum is drawn thinner in the file's color.
+            let (style, width) = if k == 0 {
+                (c.stroke_width(2), 2)
+            } else {
+                (c.mix(0.6).stroke_width(1), 1)
+            };
+            chart
+                .draw_series(LineSeries::new(points, style))?
+                .label(label)
+                .legend(line_legend(c, width));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        Ok(())
+    }
+}
+
+/// Per-server bars: successful msg/s (top) and p99 latency (bottom), one bar per
+/// file in each server's group.
+struct Servers<'a>(&'a [&'a Series<'a>]);
+
+impl Chart for Servers<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let mut addresses: Vec<String> = Vec::new();
+        for s in self.0 {
+            for m in &s.result.per_server {
+                if !addresses.contains(&m.address) {
+                    addresses.push(m.address.clone());
+                }
+            }
+        }
+        let panels = root.split_evenly((2, 1));
+        type Value = fn(&report::ServerMetrics) -> f64;
+        let figures: [(&str, &str, Value); 2] = [
+            ("Successful msg/s per server", "msg/s", |m| {
+                m.messages_per_second
+            }),
+            ("p99 latency per server", "p99 (ms)", |m| m.latency_ms.p99),
+        ];
+        let n = addresses.len();
+        let width = 0.8 / self.0.len() as f64;
+        for (panel, (title, y_desc, value)) in panels.iter().zip(figures) {
+            let max_y = self
+                .0
+                .iter()
+                .flat_map(|s| &s.result.per_server)
+                .map(value)
+                .fold(0.0, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, (FONT_FAMILY, 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..upper(max_y))?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n + 1)
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                        addresses[i as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc(y_desc)
+                .draw()?;
+            for (j, s) in self.0.iter().enumerate() {
+                let c = s.color;
+                let bars = s.result.per_server.iter().filter_map(|m| {
+                    let i = addresses.iter().position(|a| *a == m.address)? as f64;
+                    let x0 = i - 0.4 + j as f64 * width;
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + width * 0.95, value(m))],
+                        c.filled(),
+                    ))
+                });
+                chart
+                    .draw_series(bars)?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 15, y + 5)], c.filled())
+                    });
+            }
+            legend(&mut chart)?;
+        }
+        Ok(())
+    }
+}
+
+/// Server CPU (top) and memory (bottom) over the run, one line per server and file.
+struct Resources<'a>(&'a [&'a Series<'a>]);
+
+impl Chart for Resources<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let several_files = self.0.len() > 1;
+        let lines: Vec<(String, &[report::ResourceSample])> = self
+            .0
+            .iter()
+            .flat_map(|s| {
+                s.result
+                    .resources
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(move |(server, v)| {
+                        let label = if several_files {
+                            format!("{} {server}", s.name)
+                        } else {
+                            server.clone()
+                        };
+                        (label, v.as_slice())
+                    })
+            })
+            .collect();
+        let max_t = lines
+            .iter()
+            .flat_map(|(_, v)| v.iter())
+            .map(|p| p.t_s)
+            .fold(1.0, f64::max);
+        let panels = root.split_evenly((2, 1));
+        type Value = fn(&report::ResourceSample) -> f64;
+        let figures: [(&str, &str, Value); 2] = [
+            ("Server CPU", "CPU %", |p| p.cpu_percent),
+            ("Server memory", "memory (MiB)", |p| {
+                p.memory_bytes as f64 / (1024.0 * 1024.0)
+            }),
+        ];
+        for (panel, (title, y_desc, value)) in panels.iter().zip(figures) {
+            let max_y = lines
+                .iter()
+                .flat_map(|(_, v)| v.iter())
+                .map(value)
+                .fold(0.0, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, (FONT_FAMILY, 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..max_t, 0f64..upper(max_y))?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds since start")
+                .y_desc(y_desc)
+                .draw()?;
+            for (i, (label, samples)) in lines.iter().enumerate() {
+                let c = color(i);
+                chart
+                    .draw_series(LineSeries::new(
+                        samples.iter().map(|p| (p.t_s, value(p))),
+                        c.stroke_width(2),
+                    ))?
+                    .label(label.clone())
+                    .legend(line_legend(c, 2));
+            }
+            legend(&mut chart)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_labels_read_as_percentiles() {
+        assert_eq!(percentile_label(1.0), "0%");
+        assert_eq!(percentile_label(2.0), "50%");
+        assert_eq!(percentile_label(10.0), "90%");
+        assert_eq!(percentile_label(1000.0), "99.9%");
+    }
+
+    #[test]
+    fn the_embedded_font_loads() {
+        assert!(plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
+    }
+}

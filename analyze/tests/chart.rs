@@ -1,0 +1,95 @@
+//! `chart`: files written, their sizes, and what is skipped.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Builder, analyze, prixfixe, s, spread};
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is a PNG",
+        path.display()
+    );
+    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+fn assert_svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("<svg"), "{}", path.display());
+    assert!(text.len() > 500, "{} is nearly empty", path.display());
+}
+
+#[test]
+fn every_chart_is_drawn_as_png_and_svg_with_the_requested_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Builder::burst(&spread(600, 1_000, 30_000), 6.0);
+    a.resources = true;
+    a.corrected_extra_us = Some(2_000);
+    let a = a.write(dir.path(), "base.json");
+    let b = Builder::burst(&spread(600, 1_000, 40_000), 6.0).write(dir.path(), "new.json");
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&[
+        "chart",
+        s(&a),
+        s(&b),
+        "--out",
+        s(&out_dir),
+        "--width",
+        "640",
+        "--height",
+        "400",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for name in ["throughput", "latency", "spectrum", "servers", "resources"] {
+        let png = out_dir.join(format!("{name}.png"));
+        assert_eq!(png_size(&png), (640, 400), "{name}");
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000, "{name}");
+        let svg = out_dir.join(format!("{name}.svg"));
+        assert_svg(&svg);
+        assert!(out.stdout.contains(&format!("{name}.png")));
+    }
+    // One series per file, named by its stem.
+    let spectrum = std::fs::read_to_string(out_dir.join("spectrum.svg")).unwrap();
+    assert!(spectrum.contains("base") && spectrum.contains("new"));
+    assert!(spectrum.contains("base (corrected)"));
+}
+
+#[test]
+fn default_size_and_legacy_files_draw_what_they_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("charts");
+    let legacy = prixfixe("v0.2.0-burst-small-1k.json");
+    let out = analyze(&["chart", s(&legacy), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(png_size(&out_dir.join("spectrum.png")), (1200, 700));
+    assert_svg(&out_dir.join("spectrum.svg"));
+    assert!(!out_dir.join("throughput.png").exists());
+    assert!(out.stderr.contains("no timeline"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PrixFixe v0.2 (legacy)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("servers: no input has per-server figures")
+    );
+}
+
+#[test]
+fn unreadable_input_draws_nothing_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"schema\": ").unwrap();
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&["chart", s(&bad), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("bad.json: truncated"), "{}", out.stderr);
+    assert!(!out_dir.exists());
+}

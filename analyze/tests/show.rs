@@ -1,0 +1,208 @@
+//! `show`, `list`, `latest`, `summary`, and how bad files are reported.
+
+mod common;
+
+use common::{Builder, analyze, analyze_in, prixfixe, s, spread};
+
+/// The row of a table whose first cell is `name`, as its cells.
+fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| {
+            l.split(['│', '┆'])
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no row {name:?} in\n{table}"))
+}
+
+#[test]
+fn show_prints_every_section_with_the_recorded_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1000 messages, 1..100 ms, over 10 s: 100 msg/s, 1 MB/s at 10240 B each.
+    let mut b = Builder::burst(&spread(1000, 1_000, 100_000), 10.0).failing_last(10);
+    b.corrected_extra_us = Some(5_000);
+    let path = b.write(dir.path(), "run.json");
+    let out = analyze(&["show", s(&path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = &out.stdout;
+    assert!(t.contains("stampede.result.v1"));
+    assert_eq!(row(t, "msg/s"), ["msg/s", "99.00"]);
+    assert_eq!(row(t, "MB/s"), ["MB/s", "1.02"]);
+    assert_eq!(row(t, "total"), ["total", "1000"]);
+    assert_eq!(row(t, "successful"), ["successful", "990"]);
+    assert_eq!(row(t, "failed"), ["failed", "10"]);
+    assert_eq!(row(t, "success rate"), ["success rate", "99.00%"]);
+    assert_eq!(row(t, "workers"), ["workers", "10"]);
+    // Latency: measured and corrected columns, from the histograms.
+    let built = b.build();
+    let p99 = row(t, "p99");
+    assert_eq!(p99[1], format!("{:.2}", built.metrics.latency_ms.p99));
+    assert_eq!(
+        p99[2],
+        format!("{:.2}", built.metrics.latency_corrected_ms.unwrap().p99)
+    );
+    assert!(t.contains("corrected ms"));
+    // Phases, servers, replies.
+    assert_eq!(row(t, "connect")[0], "connect");
+    assert_eq!(row(t, "eod")[0], "eod");
+    let server = row(t, "127.0.0.1:2525");
+    assert_eq!(&server[..4], ["127.0.0.1:2525", "500", "495", "5"]);
+    assert_eq!(row(t, "250"), ["250", "990", "99.00%"]);
+    assert_eq!(row(t, "421"), ["421", "10", "1.00%"]);
+}
+
+#[test]
+fn legacy_files_are_shown_and_marked() {
+    let path = prixfixe("v0.2.0-burst-small-1k.json");
+    let out = analyze(&["show", s(&path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("PrixFixe v0.2 (legacy)"));
+    assert_eq!(row(&out.stdout, "msg/s"), ["msg/s", "546.04"]);
+    assert_eq!(row(&out.stdout, "p99"), ["p99", "18.42"]);
+    assert_eq!(row(&out.stdout, "timeouts"), ["timeouts", "not recorded"]);
+}
+
+#[test]
+fn list_and_summary_are_newest_first_and_skip_temp_and_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let lat = spread(100, 1_000, 5_000);
+    Builder::burst(&lat, 1.0)
+        .start("2026-11-20T10:00:00Z")
+        .write(dir.path(), "old.json");
+    Builder::burst(&lat, 1.0)
+        .start("2026-11-22T10:00:00Z")
+        .write(dir.path(), "new.json");
+    let legacy = "v0.2.0-burst-small-1k.json";
+    std::fs::copy(prixfixe(legacy), dir.path().join(legacy)).unwrap();
+    std::fs::write(dir.path().join(".stampede-result-x.tmp.json"), "{").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+
+    let out = analyze(&["summary", "--dir", s(dir.path())]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let new = out.stdout.find("new ").unwrap();
+    let old = out.stdout.find("old ").unwrap();
+    let legacy = out.stdout.find("v0.2.0-burst-small-1k").unwrap();
+    assert!(new < old && old < legacy, "{}", out.stdout);
+    assert!(out.stdout.contains("PrixFixe v0.2 (legacy)"));
+    assert_eq!(row(&out.stdout, "new")[5], "100.00");
+
+    let out = analyze(&["list", "--dir", s(dir.path())]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.find("new.json").unwrap() < out.stdout.find("old.json").unwrap());
+    assert!(!out.stdout.contains("notes.txt") && !out.stdout.contains(".stampede"));
+
+    // `latest` shows the newest, and the default directory is results/.
+    std::fs::create_dir(dir.path().join("results")).unwrap();
+    Builder::burst(&lat, 2.0).write(&dir.path().join("results"), "only.json");
+    let out = analyze_in(Some(dir.path()), &["latest"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("only.json"));
+    assert_eq!(row(&out.stdout, "msg/s"), ["msg/s", "50.00"]);
+}
+
+#[test]
+fn a_directory_with_bad_files_lists_the_good_ones_and_names_each_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Builder::burst(&spread(10, 1_000, 2_000), 1.0).write(dir.path(), "good.json");
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(dir.path().join("truncated.json"), &text[..text.len() / 2]).unwrap();
+    std::fs::write(dir.path().join("notjson.json"), "hello").unwrap();
+    std::fs::write(
+        dir.path().join("future.json"),
+        text.replace("stampede.result.v1", "stampede.result.v9"),
+    )
+    .unwrap();
+
+    for verb in ["list", "summary"] {
+        let out = analyze(&[verb, "--dir", s(dir.path())]);
+        assert_eq!(out.code, 2, "{verb}");
+        assert!(out.stdout.contains("good"), "{verb}: {}", out.stdout);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{verb}: {}", out.stderr);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("truncated.json: truncated"))
+        );
+        assert!(lines.iter().any(|l| l.contains("notjson.json: not JSON")));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("future.json: unknown schema \"stampede.result.v9\""))
+        );
+    }
+    let out = analyze(&["latest", "--dir", s(dir.path())]);
+    assert_eq!(out.code, 2);
+    assert!(out.stdout.contains("good.json"));
+}
+
+#[test]
+fn a_bad_file_argument_gets_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Builder::burst(&spread(10, 1_000, 2_000), 1.0).write(dir.path(), "good.json");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let cases = [
+        (
+            "truncated.json",
+            text[..text.len() - 40].to_string(),
+            "truncated",
+        ),
+        ("notjson.json", "hello".to_string(), "not JSON"),
+        (
+            "future.json",
+            text.replace("stampede.result.v1", "stampede.result.v9"),
+            "unknown schema",
+        ),
+        (
+            "missing.json",
+            r#"{"test_type": "burst"}"#.to_string(),
+            "not a result file: missing field",
+        ),
+    ];
+    for (name, content, problem) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        for args in [
+            vec!["show", s(&path)],
+            vec!["compare", s(&good), s(&path)],
+            vec!["check", s(&path), "--require", "p99<=1s"],
+        ] {
+            let out = analyze(&args);
+            assert_eq!(out.code, 2, "{args:?}");
+            assert!(out.stdout.is_empty(), "{args:?}");
+            assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(&format!("{name}: {problem}")),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+    let out = analyze(&["show", "/nonexistent/run.json"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/nonexistent/run.json: cannot read"));
+    let out = analyze(&["list", "--dir", "/nonexistent"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/nonexistent"), "{}", out.stderr);
+}
+
+#[test]
+fn usage_errors_name_the_flag_and_exit_2() {
+    let out = analyze(&["compare", "a.json", "b.json", "--format", "html"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--format"), "{}", out.stderr);
+    let out = analyze(&["check", "x.json"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--require"), "{}", out.stderr);
+    let out = analyze(&["--help"]);
+    assert_eq!(out.code, 0);
+    for verb in [
+        "list", "latest", "show", "summary", "compare", "check", "chart", "merge",
+    ] {
+        assert!(out.stdout.contains(verb), "{verb}");
+    }
+}
