@@ -294,25 +294,31 @@ fn judge(
 /// The settings that make two runs comparable. A difference is worth a loud
 /// warning: comparing 50 workers with 100 says little about the code.
 fn settings_warnings(base: &[(PathBuf, RunResult)], new: &[(PathBuf, RunResult)]) -> Vec<String> {
-    type Setting = (&'static str, fn(&RunResult) -> String);
+    /// A setting's value, or `None` where the setting does not apply to a run.
+    type Setting = (&'static str, fn(&RunResult) -> Option<String>);
     let settings: [Setting; 6] = [
-        ("test type", |r| r.test_type.clone()),
-        ("workers", |r| format!("{:?}", r.concurrent_workers)),
-        ("target rate", |r| format!("{:?}", r.target_rate)),
-        ("message size", |r| r.message_size.to_string()),
+        ("test type", |r| Some(r.test_type.clone())),
+        ("workers", |r| {
+            Some(
+                r.concurrent_workers
+                    .map_or("none".into(), |w| w.to_string()),
+            )
+        }),
+        ("target rate", |r| {
+            Some(r.target_rate.map_or("none".into(), |v| v.to_string()))
+        }),
+        ("message size", |r| Some(r.message_size.to_string())),
         ("servers", |r| {
             let mut s = r.servers.clone();
             s.sort();
-            s.join(",")
+            Some(s.join(","))
         }),
         // In sustained mode the count follows from rate × duration and may
         // legitimately differ by a few; in burst mode it is the setting.
         ("message count", |r| {
-            if r.target_rate.is_none() {
-                r.metrics.total_messages.to_string()
-            } else {
-                String::new()
-            }
+            r.target_rate
+                .is_none()
+                .then(|| r.metrics.total_messages.to_string())
         }),
     ];
     let all: Vec<(&str, &PathBuf, &RunResult)> = base
@@ -321,21 +327,23 @@ fn settings_warnings(base: &[(PathBuf, RunResult)], new: &[(PathBuf, RunResult)]
         .chain(new.iter().map(|(p, r)| ("new", p, r)))
         .collect();
     let mut warnings = Vec::new();
-    let Some((_, first_path, first)) = all.first() else {
-        return warnings;
-    };
     for (name, get) in settings {
-        let reference = get(first);
-        let differing: Vec<String> = all
+        let applicable: Vec<(&str, &PathBuf, String)> = all
             .iter()
-            .filter(|(_, _, r)| get(r) != reference)
-            .map(|(side, p, r)| format!("{side} {} = {}", stem(p), show_setting(&get(r))))
+            .filter_map(|(side, p, r)| get(r).map(|v| (*side, *p, v)))
+            .collect();
+        let Some((first_side, first_path, reference)) = applicable.first() else {
+            continue;
+        };
+        let differing: Vec<String> = applicable
+            .iter()
+            .filter(|(_, _, v)| v != reference)
+            .map(|(side, p, v)| format!("{side} {} = {v}", stem(p)))
             .collect();
         if !differing.is_empty() {
             warnings.push(format!(
-                "the runs differ in {name}: base {} = {}, {}",
+                "the runs differ in {name}: {first_side} {} = {reference}, {}",
                 stem(first_path),
-                show_setting(&reference),
                 differing.join(", ")
             ));
         }
@@ -355,18 +363,6 @@ fn settings_warnings(base: &[(PathBuf, RunResult)], new: &[(PathBuf, RunResult)]
         }
     }
     warnings
-}
-
-fn show_setting(s: &str) -> String {
-    match s {
-        "None" => "none".into(),
-        "" => "-".into(),
-        s => s
-            .strip_prefix("Some(")
-            .and_then(|s| s.strip_suffix(')'))
-            .unwrap_or(s)
-            .to_string(),
-    }
 }
 
 fn format_side(figure: &str, side: &Side) -> String {
@@ -445,6 +441,10 @@ pub fn render(c: &Comparison, format: Format) -> String {
             ));
             for w in &c.warnings {
                 out.push_str(&format!("{warn}{w}\n"));
+                if format == Format::Markdown {
+                    // A blank line keeps each warning its own quote block.
+                    out.push('\n');
+                }
             }
             if !c.warnings.is_empty() {
                 out.push('\n');

@@ -195,7 +195,8 @@ pub static FIGURES: &[Figure] = &[
         unit: Unit::Count,
         better: Better::Lower,
         headline: true,
-        get: |r| Some(r.metrics.timeouts as f64),
+        // PrixFixe did not count timeouts apart from other failures.
+        get: |r| (!r.is_legacy()).then_some(r.metrics.timeouts as f64),
     },
     Figure {
         name: "late_sends",
@@ -204,7 +205,8 @@ pub static FIGURES: &[Figure] = &[
         unit: Unit::Count,
         better: Better::Lower,
         headline: true,
-        get: |r| Some(r.metrics.late_sends as f64),
+        // Only an open-model (sustained) Stampede run schedules sends.
+        get: |r| (!r.is_legacy() && r.target_rate.is_some()).then_some(r.metrics.late_sends as f64),
     },
     latency!("avg", &["latency_avg", "mean"], "latency avg", avg, true),
     latency!("min", &["latency_min"], "latency min", min, false),
