@@ -25,6 +25,30 @@ use crate::catalog::Catalog;
 const EXIT_FAILED_GATE: u8 = 1;
 /// Exit status for usage errors and unreadable files (clap uses 2 as well).
 const EXIT_ERROR: u8 = 2;
+/// Largest chart side in pixels: the PNG is drawn in memory (3 bytes a pixel).
+const MAX_CHART_SIDE: u32 = 8000;
+
+/// Writes to stdout. A closed pipe (`analyze list | head -1`) ends the output
+/// quietly instead of panicking the way `print!` does.
+fn write_stdout(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("analyze: cannot write to stdout: {e}");
+        std::process::exit(i32::from(EXIT_ERROR));
+    }
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 #[derive(Parser)]
 #[command(
@@ -142,7 +166,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Latest(d) => latest(&d.dir),
         Command::Show { file } => {
             let r = catalog::load(&file)?;
-            print!("{}", tables::show(&file, &r));
+            out!("{}", tables::show(&file, &r));
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare(args) => run_compare(args),
@@ -157,9 +181,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn list(dir: &Path, render: impl Fn(&[catalog::Entry]) -> String) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::scan(dir)?;
     if catalog.entries.is_empty() {
-        println!("no results in {}", dir.display());
+        outln!("no results in {}", dir.display());
     } else {
-        println!("{}", render(&catalog.entries));
+        outln!("{}", render(&catalog.entries));
     }
     Ok(exit_for_bad_files(&catalog))
 }
@@ -178,7 +202,7 @@ fn latest(dir: &Path) -> anyhow::Result<ExitCode> {
         catalog.report_bad();
         bail!("{}: no readable results", dir.display());
     };
-    print!("{}", tables::show(&newest.path, &newest.result));
+    out!("{}", tables::show(&newest.path, &newest.result));
     Ok(exit_for_bad_files(&catalog))
 }
 
@@ -202,7 +226,7 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     for w in &comparison.warnings {
         eprintln!("WARNING: {w}");
     }
-    print!("{}", compare::render(&comparison, args.format));
+    out!("{}", compare::render(&comparison, args.format));
     Ok(if comparison.regressions.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -220,28 +244,30 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let result = catalog::load(&args.file)?;
     let outcomes = check::evaluate(&result, &gates);
     for o in &outcomes {
-        println!("{}", o.line);
+        outln!("{}", o.line);
     }
     let missed = outcomes.iter().filter(|o| !o.passed).count();
     if missed == 0 {
-        println!("all {} gates passed", outcomes.len());
+        outln!("all {} gates passed", outcomes.len());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{missed} of {} gates missed", outcomes.len());
+        outln!("{missed} of {} gates missed", outcomes.len());
         Ok(ExitCode::from(EXIT_FAILED_GATE))
     }
 }
 
 fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {
-    if args.width < 200 || args.height < 150 {
-        bail!("--width/--height: a chart needs at least 200x150 pixels");
+    if !(200..=MAX_CHART_SIDE).contains(&args.width)
+        || !(150..=MAX_CHART_SIDE).contains(&args.height)
+    {
+        bail!("--width/--height: a chart is 200x150 to {MAX_CHART_SIDE}x{MAX_CHART_SIDE} pixels");
     }
     let inputs = load_all(&args.files)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the chart directory", args.out.display()))?;
     let report = chart::draw_all(&inputs, &args.out, (args.width, args.height))?;
     for path in &report.written {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     for note in &report.skipped {
         eprintln!("skipped: {note}");
@@ -256,7 +282,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {n}");
     }
     merged.save(&args.output)?;
-    println!(
+    outln!(
         "merged {} results into {}: {} messages, {:.2} msg/s, p99 {} ms",
         inputs.len(),
         args.output.display(),

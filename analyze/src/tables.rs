@@ -120,6 +120,13 @@ pub fn show(path: &Path, r: &RunResult) -> String {
                 run.host.hostname, run.host.cpus, run.host.os
             ),
         ));
+        if let Some(sources) = run.config.get("merged_from").and_then(|v| v.as_array()) {
+            let files: Vec<&str> = sources
+                .iter()
+                .filter_map(|s| s.get("file").and_then(|f| f.as_str()))
+                .collect();
+            config.push(("merged from", files.join(", ")));
+        }
         if let Some(g) = &run.generator {
             config.push((
                 "generator use",

@@ -117,6 +117,12 @@ fn merging_two_halves_gives_the_whole() {
     assert_eq!(merged.concurrent_workers, Some(20));
     assert_eq!(merged.resources.len(), 3);
     assert_eq!(merged.resources["127.0.0.1:2525"].len(), 40);
+
+    // The merged file is a result like any other.
+    let out = analyze(&["show", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("merged from"), "{}", out.stdout);
+    assert!(out.stdout.contains("a.json") && out.stdout.contains("b.json"));
 }
 
 #[test]

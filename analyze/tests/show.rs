@@ -206,3 +206,26 @@ fn usage_errors_name_the_flag_and_exit_2() {
         assert!(out.stdout.contains(verb), "{verb}");
     }
 }
+
+#[test]
+fn an_empty_directory_says_so_and_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = analyze(&["list", "--dir", s(dir.path())]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("no results in"));
+
+    for i in 0..30 {
+        Builder::burst(&spread(10, 1_000, 2_000), 1.0).write(dir.path(), &format!("r{i}.json"));
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_analyze"))
+        .args(["summary", "--dir", s(dir.path())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once, like `| head -0`.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
