@@ -482,12 +482,19 @@ impl Chart for Servers<'_> {
             }
         }
         let panels = root.split_evenly((2, 1));
-        type Value = fn(&report::ServerMetrics) -> f64;
+        type Value = fn(&report::ServerMetrics, &RunResult) -> f64;
         let figures: [(&str, &str, Value); 2] = [
-            ("Successful msg/s per server", "msg/s", |m| {
-                m.messages_per_second
+            ("Successful msg/s per server", "msg/s", |m, r| {
+                // A generator that left the per-server rate out still has the count.
+                if m.messages_per_second > 0.0 || r.metrics.duration_seconds <= 0.0 {
+                    m.messages_per_second
+                } else {
+                    m.successful_messages as f64 / r.metrics.duration_seconds
+                }
             }),
-            ("p99 latency per server", "p99 (ms)", |m| m.latency_ms.p99),
+            ("p99 latency per server", "p99 (ms)", |m, _| {
+                m.latency_ms.p99
+            }),
         ];
         let n = addresses.len();
         let width = 0.8 / self.0.len() as f64;
@@ -495,8 +502,7 @@ impl Chart for Servers<'_> {
             let max_y = self
                 .0
                 .iter()
-                .flat_map(|s| &s.result.per_server)
-                .map(value)
+                .flat_map(|s| s.result.per_server.iter().map(|m| value(m, s.result)))
                 .fold(0.0, f64::max);
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FONT_FAMILY, 20))
@@ -524,7 +530,7 @@ impl Chart for Servers<'_> {
                     let i = addresses.iter().position(|a| *a == m.address)? as f64;
                     let x0 = i - 0.4 + j as f64 * width;
                     Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + width * 0.95, value(m))],
+                        [(x0, 0.0), (x0 + width * 0.95, value(m, s.result))],
                         c.filled(),
                     ))
                 });
