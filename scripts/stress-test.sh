@@ -79,8 +79,8 @@ Verbs:
   test-burst       5000 x 10 KiB, 50 workers (burst)
   test-sustained   60 s at 50 messages/s, 10 KiB (sustained, open model)
   test-heavy       10000 x 10 KiB, 100 workers (burst)
-  test-mixed       2600 messages in one burst run with the size mix
-                   1000 small : 1000 medium : 500 large : 100 xlarge, 50 workers
+  test-mixed       2600 messages in one burst run, 50 workers, sizes drawn with
+                   the weights 1000 small : 1000 medium : 500 large : 100 xlarge
   test-all         every test above, with a cooldown between them
   run-custom ARGS  run loadgen with ARGS passed through; --servers, --port, --output
                    (and --monitor-containers under Docker) are added when not given
@@ -138,7 +138,6 @@ choose_backend() {
         BACKEND=local
     elif [[ -f "$BACKEND_FILE" ]] && servers_recorded; then
         BACKEND="$(cut -d' ' -f1 "$BACKEND_FILE")"
-        ((SERVERS_SET == 1)) || SERVERS="$(recorded_count)"
         [[ "$BACKEND" == docker ]] && { find_compose || die "servers were started with Docker, but compose is gone"; }
     elif docker_answers && find_compose; then
         BACKEND=docker
@@ -147,6 +146,11 @@ choose_backend() {
         if command -v docker >/dev/null 2>&1; then
             info "Docker does not answer (or compose is missing): using local processes"
         fi
+    fi
+    # Without --servers, follow the servers that `start` left running.
+    if ((SERVERS_SET == 0)) && [[ "$(cut -d' ' -f1 "$BACKEND_FILE" 2>/dev/null)" == "$BACKEND" ]] &&
+        servers_recorded; then
+        SERVERS="$(recorded_count)"
     fi
     if [[ "$BACKEND" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
         die "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
@@ -251,11 +255,20 @@ port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# True when $1 is alive and is the smtp-server this script started on port $2 (a pid
+# file that outlived a reboot must not make us signal an unrelated process).
+is_our_server() {
+    local cmdline
+    kill -0 "$1" 2>/dev/null || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *smtp-server*"--port $2 "* ]]
+}
+
 any_pid_alive() {
-    local pid
+    local pid port
     [[ -f "$PID_FILE" ]] || return 1
-    while read -r _ pid _; do
-        kill -0 "$pid" 2>/dev/null && return 0
+    while read -r _ pid port _; do
+        is_our_server "$pid" "$port" && return 0
     done <"$PID_FILE"
     return 1
 }
@@ -298,7 +311,7 @@ local_wait_healthy() {
     while :; do
         pending=0
         while read -r n pid port admin; do
-            if ! kill -0 "$pid" 2>/dev/null; then
+            if ! is_our_server "$pid" "$port"; then
                 echo "--- last lines of results/server$n-logs/smtp-server-$n.log:" >&2
                 tail -n 20 "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" >&2 || true
                 die "smtp-server $n (pid $pid, port $port) exited during start-up"
@@ -317,7 +330,7 @@ local_stop() {
     [[ -f "$PID_FILE" ]] || return 0
     # SIGTERM lets each server drain its sessions (up to its grace period).
     while read -r n pid port admin; do
-        kill -TERM "$pid" 2>/dev/null || true
+        if is_our_server "$pid" "$port"; then kill -TERM "$pid" 2>/dev/null || true; fi
     done <"$PID_FILE"
     for _ in $(seq 1 100); do
         any_pid_alive || break
@@ -325,7 +338,7 @@ local_stop() {
     done
     left=0
     while read -r n pid port admin; do
-        if kill -0 "$pid" 2>/dev/null; then
+        if is_our_server "$pid" "$port"; then
             warn "server $n (pid $pid) ignored SIGTERM for 20 s; killing it"
             kill -KILL "$pid" 2>/dev/null || true
             left=1
@@ -350,7 +363,7 @@ local_status() {
     fi
     printf '%-8s %-8s %-16s %-6s %-8s %-10s %s\n' SERVER PID ADDRESS ADMIN HEALTH "CPU%" "RSS"
     while read -r n pid port admin; do
-        if kill -0 "$pid" 2>/dev/null; then
+        if is_our_server "$pid" "$port"; then
             if "$RELEASE_DIR/smtp-server" healthcheck --admin-port "$admin" >/dev/null 2>&1; then
                 state=up
             else
@@ -668,9 +681,9 @@ test_flags() {
         burst) echo "--mode burst --messages 5000 --workers 50 --size medium" ;;
         sustained) echo "--mode sustained --duration 60 --rate 50 --size medium" ;;
         heavy) echo "--mode burst --messages 10000 --workers 100 --size medium" ;;
-        # One run with the seed's four batches mixed together (2600 messages): the
-        # servers see the sizes interleaved, as real traffic comes, and one result
-        # carries the whole test.
+        # One run with the seed's four batches mixed together (2600 messages, each
+        # size drawn with the batch sizes as weights): the servers see the sizes
+        # interleaved, as real traffic comes, and one result carries the whole test.
         mixed) echo "--mode burst --messages 2600 --workers 50 --size small=1000,medium=1000,large=500,xlarge=100" ;;
         *) return 1 ;;
     esac
