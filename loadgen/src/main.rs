@@ -1,1 +1,75 @@
-fn main() {}
+//! `loadgen`: flags in, a result file and a summary out. The work is in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use loadgen::Config;
+
+fn main() -> ExitCode {
+    let config = match Config::from_cli(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints its own help/version and usage errors.
+            if let Some(ce) = e.downcast_ref::<clap::Error>() {
+                ce.exit();
+            }
+            eprintln!("loadgen: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut config: Config) -> anyhow::Result<()> {
+    let interactive = std::io::stdout().is_terminal();
+    config.progress = interactive && !config.quiet;
+    let interrupt = CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("loadgen: interrupted; finishing messages in flight");
+            on_signal.cancel();
+        }
+    });
+    let quiet = config.quiet;
+    let output = config.output.clone();
+    let test_type = config.test_type.clone();
+    let result = loadgen::run(config, interrupt).await?;
+    let path = output.unwrap_or_else(|| {
+        std::path::PathBuf::from("results").join(format!(
+            "{}-{}.json",
+            result
+                .start_time()
+                .unwrap_or_else(chrono::Utc::now)
+                .format("%Y%m%d-%H%M%S"),
+            test_type
+        ))
+    });
+    result
+        .save(&path)
+        .with_context(|| "writing the result file")?;
+    if !quiet {
+        print!("{}", loadgen::progress::summary(&result));
+        println!("  {:<22} {}", "result", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,562 @@
+//! A run's settings, checked. Every error names the flag it is about, so a user
+//! reading one line knows what to change.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{Args, ModeArg};
+
+/// The four named sizes of the seed generator.
+pub const NAMED_SIZES: [(&str, u64); 4] = [
+    ("small", 1024),
+    ("medium", 10 * 1024),
+    ("large", 100 * 1024),
+    ("xlarge", 1024 * 1024),
+];
+
+/// Smallest message we build: the headers alone take about 300 bytes.
+pub const MIN_MESSAGE_SIZE: u64 = 512;
+/// Largest message we build (also the reference server's default limit).
+pub const MAX_MESSAGE_SIZE: u64 = 100 * 1024 * 1024;
+/// RFC 5321 4.5.3.1.8 requires servers to accept at least 100 recipients; allow a
+/// little beyond so the 101st can be tested.
+pub const MAX_RCPTS: u32 = 1000;
+/// Upper bound on concurrency: each worker is a task and, while busy, a socket.
+pub const MAX_WORKERS: u32 = 100_000;
+/// Default concurrency in burst mode (closed model).
+pub const DEFAULT_BURST_WORKERS: u32 = 10;
+/// Default pool of sessions in sustained mode: enough to absorb a server stall of
+/// about a second at 50/s, few enough to stay under the reference server's default
+/// per-IP connection limit (50).
+pub const DEFAULT_SUSTAINED_WORKERS: u32 = 50;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--{flag}: {problem}")]
+    Invalid { flag: &'static str, problem: String },
+}
+
+fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+/// One server to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+pub fn parse_server(s: &str, default_port: u16) -> Result<ServerAddr, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty server name".into());
+    }
+    let port_of = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: bad port {p:?}"))
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
+        let port = match after {
+            "" => default_port,
+            p => port_of(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: expected ':port' after ']'"))?,
+            )?,
+        };
+        return Ok(ServerAddr {
+            host: host.to_string(),
+            port,
+        });
+    }
+    match s.matches(':').count() {
+        0 => Ok(ServerAddr {
+            host: s.to_string(),
+            port: default_port,
+        }),
+        1 => {
+            let (host, port) = s.split_once(':').expect("one colon");
+            if host.is_empty() {
+                return Err(format!("{s:?}: empty host"));
+            }
+            Ok(ServerAddr {
+                host: host.to_string(),
+                port: port_of(port)?,
+            })
+        }
+        _ => Ok(ServerAddr {
+            host: s.to_string(),
+            port: default_port,
+        }),
+    }
+}
+
+/// What sizes the messages have.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeSpec {
+    /// The text given on the command line.
+    pub text: String,
+    /// Sizes in bytes on the wire, each with its weight (one entry unless a mix).
+    pub choices: Vec<SizeChoice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeChoice {
+    pub bytes: u64,
+    pub weight: u32,
+}
+
+impl SizeSpec {
+    /// The weighted mean size, recorded as the result's `message_size`.
+    pub fn mean_bytes(&self) -> u64 {
+        let total: u64 = self.choices.iter().map(|c| u64::from(c.weight)).sum();
+        let sum: u64 = self
+            .choices
+            .iter()
+            .map(|c| c.bytes * u64::from(c.weight))
+            .sum();
+        sum.checked_div(total).unwrap_or(0)
+    }
+}
+
+/// Parses `medium`, `2500`, `64KiB`, `1.5MiB`, `10kb` (decimal) ...
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if let Some((_, b)) = NAMED_SIZES.iter().find(|(n, _)| n.eq_ignore_ascii_case(t)) {
+        return Ok(*b);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size (small, medium, large, xlarge, 2500, 64KiB, 1MiB)")
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1000.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1_000_000.0,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, KB, MiB, MB)"
+            ));
+        }
+    };
+    let bytes = (n * mult).round() as u64;
+    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&bytes) {
+        return Err(format!(
+            "{s:?} = {bytes} bytes, outside {MIN_MESSAGE_SIZE}..={MAX_MESSAGE_SIZE}"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a single size or a weighted mix `name=weight,...`.
+pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
+    let mut choices = Vec::new();
+    if s.contains('=') {
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (size, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: a mix entry is size=weight"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: weight must be a whole number"))?;
+            if weight > 0 {
+                choices.push(SizeChoice {
+                    bytes: parse_size(size)?,
+                    weight,
+                });
+            }
+        }
+        if choices.is_empty() {
+            return Err(format!("{s:?}: the mix has no entry with a weight above 0"));
+        }
+    } else {
+        choices.push(SizeChoice {
+            bytes: parse_size(s)?,
+            weight: 1,
+        });
+    }
+    Ok(SizeSpec {
+        text: s.to_string(),
+        choices,
+    })
+}
+
+/// The load model, with its own settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Mode {
+    Burst {
+        messages: u64,
+        workers: u32,
+    },
+    Sustained {
+        rate: f64,
+        duration: f64,
+        workers: u32,
+    },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Burst { .. } => "burst",
+            Mode::Sustained { .. } => "sustained",
+        }
+    }
+
+    pub fn workers(&self) -> u32 {
+        match *self {
+            Mode::Burst { workers, .. } | Mode::Sustained { workers, .. } => workers,
+        }
+    }
+}
+
+/// Every setting of a run, checked. Serialized whole into the result's `run.config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Servers as given (recorded as the result's `servers`).
+    pub servers_given: Vec<String>,
+    pub servers: Vec<ServerAddr>,
+    pub port: u16,
+    #[serde(flatten)]
+    pub mode: Mode,
+    pub size: SizeSpec,
+    pub output: Option<PathBuf>,
+    pub test_type: String,
+    pub msgs_per_conn: u32,
+    pub rcpts: u32,
+    pub pipelining: bool,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    pub from: String,
+    /// One address per recipient.
+    pub recipients: Vec<String>,
+    pub helo: String,
+    pub quiet: bool,
+    /// Show the live progress bar (main sets it when stdout is a terminal).
+    pub progress: bool,
+    pub monitor_containers: Vec<String>,
+    #[serde(with = "secs")]
+    pub late_tolerance: Duration,
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    pub preflight: bool,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+fn seconds(flag: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < min || v > max {
+        return Err(invalid(
+            flag,
+            format!("{v} is outside {min}..={max} seconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn mailbox(
+    flag: &'static str,
+    v: &str,
+    default_local: &str,
+) -> Result<(String, String), ConfigError> {
+    let v = v.trim();
+    let bad = |why: &str| invalid(flag, format!("{v:?}: {why}"));
+    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '<' || c == '>') {
+        return Err(bad("expected an address or a domain"));
+    }
+    match v.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            Ok((local.to_string(), domain.to_string()))
+        }
+        Some(_) => Err(bad("expected local@domain")),
+        None => Ok((default_local.to_string(), v.to_string())),
+    }
+}
+
+impl Config {
+    /// Checks the flags. The error names the flag.
+    pub fn from_args(a: Args) -> Result<Config, ConfigError> {
+        let servers_given: Vec<String> = a
+            .servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers_given.is_empty() {
+            return Err(invalid("servers", "no server given"));
+        }
+        if a.port == 0 {
+            return Err(invalid("port", "must be 1..=65535"));
+        }
+        let servers = servers_given
+            .iter()
+            .map(|s| parse_server(s, a.port).map_err(|e| invalid("servers", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = servers.len() as u32;
+        let workers = |default: u32| -> Result<u32, ConfigError> {
+            let w = a.workers.unwrap_or(default.max(n));
+            if w == 0 || w > MAX_WORKERS {
+                return Err(invalid("workers", format!("must be 1..={MAX_WORKERS}")));
+            }
+            if w < n {
+                return Err(invalid(
+                    "workers",
+                    format!("{w} is fewer than the {n} servers; each server needs a session"),
+                ));
+            }
+            Ok(w)
+        };
+        let mode = match a.mode {
+            ModeArg::Burst => {
+                if a.messages == 0 {
+                    return Err(invalid("messages", "must be at least 1"));
+                }
+                Mode::Burst {
+                    messages: a.messages,
+                    workers: workers(DEFAULT_BURST_WORKERS)?,
+                }
+            }
+            ModeArg::Sustained => {
+                if !a.rate.is_finite() || a.rate <= 0.0 || a.rate > 1_000_000.0 {
+                    return Err(invalid(
+                        "rate",
+                        format!("{} must be in (0, 1000000]", a.rate),
+                    ));
+                }
+                let duration = seconds("duration", a.duration, 0.001, 7.0 * 86400.0)?;
+                if (a.rate * duration.as_secs_f64()).round() < 1.0 {
+                    return Err(invalid(
+                        "duration",
+                        "rate × duration is less than one message",
+                    ));
+                }
+                Mode::Sustained {
+                    rate: a.rate,
+                    duration: a.duration,
+                    workers: workers(DEFAULT_SUSTAINED_WORKERS)?,
+                }
+            }
+        };
+        let size = parse_size_spec(&a.size).map_err(|e| invalid("size", e))?;
+        if a.msgs_per_conn == 0 {
+            return Err(invalid("msgs-per-conn", "must be at least 1"));
+        }
+        if a.rcpts == 0 || a.rcpts > MAX_RCPTS {
+            return Err(invalid("rcpts", format!("must be 1..={MAX_RCPTS}")));
+        }
+        let timeout = seconds("timeout", a.timeout, 0.001, 3600.0)?;
+        let late_tolerance = seconds("late-tolerance-ms", a.late_tolerance_ms / 1000.0, 0.0, 60.0)?;
+        let drain_timeout = seconds("drain-timeout", a.drain_timeout, 0.0, 3600.0)?;
+        let (from_local, from_domain) = mailbox("from", &a.from, "loadgen")?;
+        let (to_local, to_domain) = mailbox("to", &a.to, "user")?;
+        let recipients = if a.rcpts == 1 {
+            vec![format!("{to_local}@{to_domain}")]
+        } else {
+            (1..=a.rcpts)
+                .map(|i| format!("{to_local}{i}@{to_domain}"))
+                .collect()
+        };
+        let helo = a.helo.trim().to_string();
+        if helo.is_empty() || helo.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "helo",
+                "must be one word (a domain or an address literal)",
+            ));
+        }
+        let test_type = a
+            .test_type
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|| mode.name().to_string());
+        if test_type.is_empty()
+            || !test_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "test-type",
+                "use letters, digits, '-', '_' or '.' (it becomes part of a file name)",
+            ));
+        }
+        let monitor_containers = a
+            .monitor_containers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Config {
+            servers_given,
+            servers,
+            port: a.port,
+            mode,
+            size,
+            output: a.output,
+            test_type,
+            msgs_per_conn: a.msgs_per_conn,
+            rcpts: a.rcpts,
+            pipelining: a.pipelining,
+            timeout,
+            from: format!("{from_local}@{from_domain}"),
+            recipients,
+            helo,
+            quiet: a.quiet,
+            progress: false,
+            monitor_containers,
+            late_tolerance,
+            drain_timeout,
+            preflight: !a.no_preflight,
+        })
+    }
+
+    /// Parses and checks a command line (first item: the program name).
+    pub fn from_cli<I, T>(args: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        let args = Args::try_parse_from(args)?;
+        Ok(Config::from_args(args)?)
+    }
+
+    /// The domain of the envelope sender, used in Message-IDs.
+    pub fn from_domain(&self) -> &str {
+        self.from
+            .rsplit_once('@')
+            .map_or("stampede.test", |(_, d)| d)
+    }
+
+    /// `results/<YYYYMMDD-HHMMSS>-<test_type>.json`, in UTC.
+    pub fn default_output(&self, start: chrono::DateTime<chrono::Utc>) -> PathBuf {
+        PathBuf::from("results").join(format!(
+            "{}-{}.json",
+            start.format("%Y%m%d-%H%M%S"),
+            self.test_type
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_parse_with_and_without_port() {
+        assert_eq!(
+            parse_server("a", 2525).unwrap(),
+            ServerAddr {
+                host: "a".into(),
+                port: 2525
+            }
+        );
+        assert_eq!(parse_server("a:25", 2525).unwrap().port, 25);
+        assert_eq!(parse_server("[::1]:26", 2525).unwrap().host, "::1");
+        assert_eq!(parse_server("::1", 2525).unwrap().port, 2525);
+        assert!(parse_server("a:0", 2525).is_err());
+        assert!(parse_server("a:x", 2525).is_err());
+        assert_eq!(parse_server("[::1]:26", 1).unwrap().to_string(), "[::1]:26");
+    }
+
+    #[test]
+    fn sizes_parse_named_exact_and_units() {
+        assert_eq!(parse_size("small").unwrap(), 1024);
+        assert_eq!(parse_size("XLarge").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2500").unwrap(), 2500);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("10kb").unwrap(), 10_000);
+        assert_eq!(parse_size("1.5MiB").unwrap(), 1_572_864);
+        assert!(parse_size("10").is_err());
+        assert!(parse_size("huge").is_err());
+    }
+
+    #[test]
+    fn mixes_parse_with_weights() {
+        let m = parse_size_spec("small=70,medium=25,large=5").unwrap();
+        assert_eq!(m.choices.len(), 3);
+        assert_eq!(m.choices[2].weight, 5);
+        assert_eq!(m.mean_bytes(), (1024 * 70 + 10240 * 25 + 102400 * 5) / 100);
+        assert!(parse_size_spec("small=x").is_err());
+        assert!(parse_size_spec("small=0").is_err());
+    }
+
+    fn cli(extra: &[&str]) -> Result<Config, String> {
+        let mut v = vec!["loadgen", "--servers", "127.0.0.1"];
+        v.extend_from_slice(extra);
+        Config::from_cli(v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert!(
+            cli(&["--messages", "0"])
+                .unwrap_err()
+                .contains("--messages")
+        );
+        assert!(cli(&["--size", "huge"]).unwrap_err().contains("--size"));
+        assert!(
+            cli(&["--mode", "sustained", "--rate", "0"])
+                .unwrap_err()
+                .contains("--rate")
+        );
+        assert!(cli(&["--workers", "0"]).unwrap_err().contains("--workers"));
+        assert!(cli(&["--to", "a@b@c"]).unwrap_err().contains("--to"));
+        assert!(
+            cli(&["--test-type", "a/b"])
+                .unwrap_err()
+                .contains("--test-type")
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_mode() {
+        let c = cli(&[]).unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Burst {
+                messages: 1000,
+                workers: 10
+            }
+        );
+        assert_eq!(c.test_type, "burst");
+        let c = cli(&["--mode", "sustained", "--rcpts", "3", "--to", "x@y"]).unwrap();
+        assert_eq!(c.mode.workers(), DEFAULT_SUSTAINED_WORKERS);
+        assert_eq!(c.recipients, ["x1@y", "x2@y", "x3@y"]);
+        assert_eq!(c.from, "loadgen@stampede.test");
+    }
+}

@@ -1,0 +1,135 @@
+//! Presentation: the live progress line (indicatif, on a terminal only) and the
+//! end-of-run summary table. Nothing here measures; it only reads [`Stats`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use report::RunResult;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::RunShared;
+
+/// How often the progress line is redrawn.
+const REFRESH: Duration = Duration::from_millis(250);
+
+/// Draws the progress line until `done` fires.
+pub fn spawn(shared: Arc<RunShared>, done: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let total = shared.plan.total();
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("constant template"),
+        );
+        let mut last = (Instant::now(), 0u64);
+        let mut ticker = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = done.cancelled() => break,
+            }
+            let (sent, ok, failed, p99) = {
+                let s = shared.stats.lock().expect("stats lock poisoned");
+                let p99 = if s.total.is_empty() {
+                    0.0
+                } else {
+                    s.total.value_at_quantile(0.99) as f64 / 1000.0
+                };
+                (s.counts.total, s.counts.ok, s.counts.failed, p99)
+            };
+            let now = Instant::now();
+            let rate = (sent - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+            last = (now, sent);
+            bar.set_position(sent);
+            bar.set_message(format!(
+                "ok {ok}  failed {failed}  {rate:.0} msg/s  p99 {p99:.1} ms"
+            ));
+        }
+        bar.finish_and_clear();
+    })
+}
+
+/// The end-of-run summary, a few lines for a terminal or a log.
+pub fn summary(r: &RunResult) -> String {
+    let m = &r.metrics;
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<22} {v}\n"));
+    row(
+        "test",
+        format!("{} ({})", r.test_type, r.servers.join(", ")),
+    );
+    row(
+        "messages",
+        format!(
+            "{} total, {} ok, {} failed ({:.2}% success)",
+            m.total_messages, m.successful_messages, m.failed_messages, m.success_rate
+        ),
+    );
+    row("duration", format!("{:.2} s", m.duration_seconds));
+    let target = r
+        .target_rate
+        .map(|t| format!(" (target {t}/s)"))
+        .unwrap_or_default();
+    row(
+        "throughput",
+        format!("{:.1} msg/s{target}", m.messages_per_second),
+    );
+    row(
+        "data sent",
+        format!("{:.1} MiB", m.total_bytes_sent as f64 / 1048576.0),
+    );
+    let l = &m.latency_ms;
+    row(
+        "latency ms",
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.p99_9, l.max
+        ),
+    );
+    if let Some(c) = &m.latency_corrected_ms {
+        row(
+            "corrected latency ms",
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                c.p50, c.p90, c.p99, c.p99_9, c.max
+            ),
+        );
+        row("late sends", m.late_sends.to_string());
+    }
+    if !m.error_breakdown.is_empty() {
+        let e: Vec<String> = m
+            .error_breakdown
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        row("errors", e.join(", "));
+    }
+    if r.per_server.len() > 1 {
+        for s in &r.per_server {
+            row(
+                &s.address,
+                format!(
+                    "{} ok, {} failed, p99 {:.2} ms",
+                    s.successful_messages, s.failed_messages, s.latency_ms.p99
+                ),
+            );
+        }
+    }
+    if r.generator_saturated {
+        row(
+            "WARNING",
+            "the generator was saturated; figures understate the server".into(),
+        );
+    }
+    if r.interrupted() {
+        row(
+            "NOTE",
+            "interrupted: figures cover the part that ran".into(),
+        );
+    }
+    out
+}

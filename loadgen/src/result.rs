@@ -1,0 +1,217 @@
+//! Turns what a run measured into a [`report::RunResult`], the one result model
+//! of the workspace.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use report::{
+    GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, PHASES, RunInfo, RunResult,
+    SCHEMA_V1, ServerMetrics, encode_histogram, format_timestamp,
+};
+
+use crate::config::{Config, Mode};
+use crate::stats::Stats;
+
+/// Above this share of all cores the generator, not the server, is taken to be
+/// the limit (DESIGN: "for example above 90% of its cores").
+pub const SATURATED_CPU_PERCENT: f64 = 90.0;
+/// Above this share of sends that were late although a session was free (the
+/// generator's timers ran behind), the generator is taken to be the limit.
+pub const SATURATED_LATE_SHARE: f64 = 0.01;
+
+/// CPU time and peak RSS of this process so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessUsage {
+    pub cpu: Duration,
+    pub max_rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    pub fn now() -> Self {
+        // SAFETY: getrusage only writes into the zeroed struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+            return Self::default();
+        }
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        ProcessUsage {
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            // Linux reports kilobytes.
+            max_rss_bytes: ru.ru_maxrss as u64 * 1024,
+        }
+    }
+}
+
+/// How the run went, besides the statistics.
+pub struct RunFacts<'a> {
+    pub config: &'a Config,
+    pub run_id: &'a str,
+    pub start: DateTime<Utc>,
+    pub duration: Duration,
+    pub interrupted: bool,
+    pub usage_before: ProcessUsage,
+    pub usage_after: ProcessUsage,
+    pub resources: BTreeMap<String, Vec<report::ResourceSample>>,
+}
+
+pub fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// The commit the generator was built from: `STAMPEDE_GIT_SHA`, else `git rev-parse`.
+fn git_sha() -> Option<String> {
+    if let Ok(s) = std::env::var("STAMPEDE_GIT_SHA")
+        && !s.trim().is_empty()
+    {
+        return Some(s.trim().to_string());
+    }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !sha.is_empty()).then_some(sha)
+}
+
+fn encode(h: &report::LatencyHistogram) -> anyhow::Result<String> {
+    Ok(encode_histogram(h)?)
+}
+
+pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
+    let c = f.config;
+    let secs = f.duration.as_secs_f64();
+    let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let breakdown = |m: &BTreeMap<crate::client::ErrorKey, u64>| {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let counts = &stats.counts;
+    let sustained = matches!(c.mode, Mode::Sustained { .. });
+    let mut metrics = Metrics {
+        total_messages: counts.total,
+        successful_messages: counts.ok,
+        failed_messages: counts.failed,
+        connection_errors: counts.connection_errors,
+        total_bytes_sent: stats.bytes_sent,
+        duration_seconds: secs,
+        messages_per_second: per_sec(counts.ok),
+        latency_ms: LatencySummary::from_histogram(&stats.total),
+        error_breakdown: breakdown(&counts.errors),
+        start_time: format_timestamp(f.start),
+        end_time: format_timestamp(
+            f.start + chrono::Duration::from_std(f.duration).unwrap_or_default(),
+        ),
+        timeouts: counts.timeouts,
+        success_rate: 0.0,
+        late_sends: stats.late_sends,
+        latency_corrected_ms: stats.corrected.as_ref().map(LatencySummary::from_histogram),
+        phases_ms: PHASES
+            .iter()
+            .zip(&stats.phases)
+            .map(|(name, h)| (name.to_string(), LatencySummary::from_histogram(h)))
+            .collect(),
+        replies: stats
+            .replies
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    };
+    metrics.success_rate = metrics.compute_success_rate();
+
+    let per_server: Vec<ServerMetrics> = c
+        .servers
+        .iter()
+        .zip(&stats.servers)
+        .map(|(addr, s)| ServerMetrics {
+            address: addr.to_string(),
+            total_messages: s.counts.total,
+            successful_messages: s.counts.ok,
+            failed_messages: s.counts.failed,
+            connection_errors: s.counts.connection_errors,
+            timeouts: s.counts.timeouts,
+            messages_per_second: per_sec(s.counts.ok),
+            latency_ms: LatencySummary::from_histogram(&s.total),
+            error_breakdown: breakdown(&s.counts.errors),
+        })
+        .collect();
+
+    let histograms = Histograms {
+        total: encode(&stats.total)?,
+        corrected: stats.corrected.as_ref().map(encode).transpose()?,
+        phases: PHASES
+            .iter()
+            .zip(&stats.phases)
+            .map(|(name, h)| Ok((name.to_string(), encode(h)?)))
+            .collect::<anyhow::Result<_>>()?,
+        per_server: c
+            .servers
+            .iter()
+            .zip(&stats.servers)
+            .map(|(addr, s)| Ok((addr.to_string(), encode(&s.total)?)))
+            .collect::<anyhow::Result<_>>()?,
+    };
+
+    let cpus = cpus();
+    let cpu_seconds = f
+        .usage_after
+        .cpu
+        .saturating_sub(f.usage_before.cpu)
+        .as_secs_f64();
+    let cpu_percent = if secs > 0.0 {
+        cpu_seconds / secs / f64::from(cpus) * 100.0
+    } else {
+        0.0
+    };
+    let generator = GeneratorUsage {
+        cpu_seconds,
+        cpu_percent,
+        max_rss_bytes: f.usage_after.max_rss_bytes,
+    };
+    let generator_saturated = cpu_percent > SATURATED_CPU_PERCENT
+        || (sustained
+            && stats.generator_late_sends as f64
+                > SATURATED_LATE_SHARE * counts.total.max(1) as f64);
+
+    let mut config = serde_json::to_value(c)?;
+    if let Some(o) = config.as_object_mut() {
+        o.insert("run_id".into(), f.run_id.into());
+    }
+    let seconds = f.duration.as_secs_f64().ceil() as usize;
+    let (concurrent_workers, target_rate) = match c.mode {
+        Mode::Burst { workers, .. } => (Some(u64::from(workers)), None),
+        Mode::Sustained { rate, .. } => (None, Some(rate)),
+    };
+    Ok(RunResult {
+        schema: Some(SCHEMA_V1.to_string()),
+        test_type: c.test_type.clone(),
+        servers: c.servers_given.clone(),
+        port: c.port,
+        message_size: c.size.mean_bytes(),
+        concurrent_workers,
+        target_rate,
+        metrics,
+        generator_saturated,
+        run: Some(RunInfo {
+            name: c.test_type.clone(),
+            interrupted: f.interrupted,
+            config,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_sha: git_sha(),
+            host: HostInfo {
+                hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+                cpus,
+                os: std::env::consts::OS.to_string(),
+            },
+            generator: Some(generator),
+        }),
+        per_server,
+        timeline: stats.timeline(seconds),
+        histograms: Some(histograms),
+        resources: f.resources,
+    })
+}
