@@ -1,0 +1,154 @@
+//! The `loadgen` binary, run as a user would.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag_and_fails() {
+    for (args, flag) in [
+        (&["--servers", "127.0.0.1", "--size", "huge"][..], "--size"),
+        (&["--servers", "127.0.0.1", "--mode", "fast"][..], "--mode"),
+        (
+            &["--servers", "127.0.0.1", "--messages", "0"][..],
+            "--messages",
+        ),
+        (
+            &[
+                "--servers",
+                "127.0.0.1",
+                "--rate",
+                "0",
+                "--mode",
+                "sustained",
+            ][..],
+            "--rate",
+        ),
+        (&["--bogus"][..], "--bogus"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .args(["--servers", &addr, "--messages", "5", "--output"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr) && err.contains("refused"), "{err}");
+    assert!(!out_file.exists());
+}
+
+#[tokio::test]
+async fn a_run_writes_a_valid_result_file() {
+    let server = TestServer::start(TestServer::accepting()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("sub").join("r.json");
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--servers",
+            &server.addr.to_string(),
+            "--messages",
+            "20",
+            "--workers",
+            "2",
+            "--size",
+            "small",
+            "--test-type",
+            "quick",
+            "--output",
+        ])
+        .arg(&out_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("throughput"), "summary on stdout: {stdout}");
+    let r = report::load(&out_file).unwrap();
+    assert_eq!(r.schema.as_deref(), Some(report::SCHEMA_V1));
+    assert_eq!(r.test_type, "quick");
+    assert_eq!(r.metrics.successful_messages, 20);
+    assert_eq!(r.concurrent_workers, Some(2));
+    assert!(!r.interrupted());
+    let cfg = &r.run.as_ref().unwrap().config;
+    assert_eq!(cfg["workers"], 2);
+    assert_eq!(cfg["msgs_per_conn"], 1);
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert!(raw["metrics"]["latency_ms"]["p99"].is_number());
+    assert!(raw["histograms"]["phases"]["eod"].is_string());
+}
+
+#[tokio::test]
+async fn sigint_ends_the_run_with_an_interrupted_result() {
+    let server = TestServer::start(TestServer::accepting()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    let child = tokio::process::Command::new(BIN)
+        .args([
+            "--servers",
+            &server.addr.to_string(),
+            "--mode",
+            "sustained",
+            "--rate",
+            "50",
+            "--duration",
+            "60",
+            "--size",
+            "small",
+            "--output",
+        ])
+        .arg(&out_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("loadgen ends after SIGINT")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report::load(&out_file).unwrap();
+    assert!(r.interrupted());
+    assert!(r.metrics.total_messages > 0);
+    assert!(r.metrics.duration_seconds < 5.0);
+}
