@@ -113,6 +113,10 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value_t = 5.0)]
     pub drain_timeout: f64,
 
+    /// Threads of the generator's runtime; 0 = one per core, 1 = a single thread.
+    #[arg(long, env = "LOADGEN_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
     /// Skip the check, before the run, that every server answers with a 220 banner.
     #[arg(long, env = "LOADGEN_NO_PREFLIGHT")]
     pub no_preflight: bool,

@@ -281,14 +281,15 @@ impl Session {
     }
 
     /// One transaction: MAIL, RCPT × n, DATA, then `headers` and `body` (which ends
-    /// with the end-of-data marker), up to the reply after the final dot.
+    /// with the end-of-data marker), up to the reply after the final dot, whose
+    /// code it returns.
     pub async fn transaction(
         &mut self,
         env: &Envelope,
         headers: &[u8],
         body: &[u8],
         t: &mut PhaseTimings,
-    ) -> Result<(), Failure> {
+    ) -> Result<u16, Failure> {
         let mut at = Instant::now();
         if self.pipelining {
             self.writer
@@ -358,7 +359,8 @@ impl Session {
         .await?;
         let (c, _) = self.reply(Phase::Eod, false).await?;
         t.set(Phase::Eod, at);
-        check(Phase::Eod, c, 2)
+        check(Phase::Eod, c, 2)?;
+        Ok(c)
     }
 
     /// RSET after a refused transaction, so the session can carry the next one.

@@ -268,6 +268,8 @@ pub struct Config {
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
     pub preflight: bool,
+    /// Runtime threads (0 = one per core).
+    pub threads: usize,
 }
 
 mod secs {
@@ -383,6 +385,9 @@ impl Config {
         }
         let timeout = seconds("timeout", a.timeout, 0.001, 3600.0)?;
         let late_tolerance = seconds("late-tolerance-ms", a.late_tolerance_ms / 1000.0, 0.0, 60.0)?;
+        if a.threads > 1024 {
+            return Err(invalid("threads", "must be 0..=1024"));
+        }
         let drain_timeout = seconds("drain-timeout", a.drain_timeout, 0.0, 3600.0)?;
         let (from_local, from_domain) = mailbox("from", &a.from, "loadgen")?;
         let (to_local, to_domain) = mailbox("to", &a.to, "user")?;
@@ -441,6 +446,7 @@ impl Config {
             late_tolerance,
             drain_timeout,
             preflight: !a.no_preflight,
+            threads: a.threads,
         })
     }
 

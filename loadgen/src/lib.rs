@@ -51,9 +51,13 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let addrs = resolve(&config).await?;
     if config.preflight {
         for (addr, name) in addrs.iter().zip(&config.servers) {
-            preflight(*addr, &config.helo)
-                .await
-                .with_context(|| format!("server {name} ({addr}) is not usable"))?;
+            preflight(*addr, &config.helo).await.with_context(|| {
+                if name.to_string() == addr.to_string() {
+                    format!("server {name} is not usable")
+                } else {
+                    format!("server {name} ({addr}) is not usable")
+                }
+            })?;
         }
     }
     let monitor = if config.monitor_containers.is_empty() {
@@ -227,7 +231,13 @@ async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
     let mut t = PhaseTimings::default();
     let session = Session::open(addr, &settings, &env, &mut t)
         .await
-        .map_err(|f| anyhow::anyhow!("{} during {:?}", f.kind.describe(), f.phase))?;
+        .map_err(|f| {
+            anyhow::anyhow!(
+                "{} ({})",
+                f.kind.describe(),
+                report::PHASES[f.phase as usize]
+            )
+        })?;
     let _ = session.quit(&mut t).await;
     Ok(())
 }

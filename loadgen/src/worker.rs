@@ -153,7 +153,7 @@ impl Worker {
         let result = conn.transaction(env, &self.headers, body, t).await;
         self.on_conn += 1;
         match &result {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(f) if conn.usable_after(f) && self.on_conn < shared.msgs_per_conn => {
                 if conn.reset().await.is_err() {
                     self.conn = None;
@@ -162,7 +162,7 @@ impl Worker {
             Err(f) if conn.usable_after(f) => {}
             Err(_) => {
                 self.conn = None;
-                return result.map(|()| 250);
+                return result;
             }
         }
         if self.on_conn >= shared.msgs_per_conn
@@ -172,6 +172,6 @@ impl Worker {
             // not undo a message the server already accepted.
             let _ = conn.quit(t).await;
         }
-        result.map(|()| 250)
+        result
     }
 }
