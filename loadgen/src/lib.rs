@@ -31,7 +31,7 @@ pub use config::{Config, Mode};
 use crate::client::{Envelope, PhaseTimings, Session, SessionSettings};
 use crate::message::MessageFactory;
 use crate::result::{ProcessUsage, RunFacts};
-use crate::schedule::{Plan, Timetable, workers_for};
+use crate::schedule::{Dispatcher, Plan, Timetable, workers_for};
 use crate::stats::Stats;
 use crate::worker::RunShared;
 
@@ -107,6 +107,17 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
             Some(Duration::from_secs_f64(duration)),
         ),
     };
+    let pools: Vec<u32> = (0..servers)
+        .map(|s| workers_for(s, servers, config.mode.workers()))
+        .collect();
+    let (dispatcher, gates) = match timetable {
+        Some(tt) => {
+            let (d, g) = Dispatcher::spawn(tt, total, pools.clone(), config.late_tolerance)
+                .context("starting the dispatcher thread")?;
+            (Some(d), Some(g))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(RunShared {
         plan: Plan::new(total, servers, timetable),
         addrs,
@@ -118,12 +129,13 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         stats: Mutex::new(Stats::new(origin, servers, timetable.is_some())),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
+        gates,
     });
 
     let mut set = JoinSet::new();
     let mut seed = 0u64;
-    for s in 0..servers {
-        for _ in 0..workers_for(s, servers, config.mode.workers()) {
+    for (s, &pool) in pools.iter().enumerate() {
+        for _ in 0..pool {
             seed += 1;
             set.spawn(worker::run_worker(Arc::clone(&shared), s, seed));
         }
@@ -154,6 +166,9 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
                 let now = Instant::now();
                 interrupted_at = Some(now);
                 shared.stop.cancel();
+                if let Some(d) = &dispatcher {
+                    d.stop();
+                }
                 let t = now + config.drain_timeout;
                 abort_at = Some(abort_at.map_or(t, |a| a.min(t)));
             }
@@ -161,6 +176,11 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         }
     }
     progress_done.cancel();
+    // Every worker has ended, so the dispatcher has nothing left to release.
+    let generator_late = dispatcher.map_or(0, |d| {
+        d.stop();
+        d.join()
+    });
     if let Some(p) = progress {
         let _ = p.await;
     }
@@ -176,6 +196,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         .stats
         .into_inner()
         .expect("stats lock poisoned");
+    stats.generator_late_sends = generator_late;
     // The run lasts until its last message completed; a sustained run that kept up
     // lasts exactly its window, so the achieved rate is completed / window.
     let last = stats.last_completion.unwrap_or(origin);

@@ -34,8 +34,6 @@ pub struct MessageRecord {
     pub bytes: u64,
     /// Started later than its scheduled time plus the tolerance.
     pub late: bool,
-    /// Late although a session was free: the generator's own timer ran behind.
-    pub generator_late: bool,
 }
 
 /// Counters of a run or of one server.
@@ -127,6 +125,7 @@ pub struct Stats {
     pub servers: Vec<ServerStats>,
     pub bytes_sent: u64,
     pub late_sends: u64,
+    /// Sends the dispatcher itself released late (the generator ran behind).
     pub generator_late_sends: u64,
     pub last_completion: Option<Instant>,
     timeline: Timeline,
@@ -181,7 +180,6 @@ impl Stats {
         }
         self.bytes_sent += r.bytes;
         self.late_sends += u64::from(r.late);
-        self.generator_late_sends += u64::from(r.generator_late);
         if self.last_completion.is_none_or(|l| r.finished > l) {
             self.last_completion = Some(r.finished);
         }
@@ -255,7 +253,6 @@ mod tests {
             outcome,
             bytes: 100,
             late: false,
-            generator_late: false,
         }
     }
 

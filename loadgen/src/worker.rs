@@ -37,6 +37,8 @@ pub struct RunShared {
     pub stop: CancellationToken,
     /// Give up on messages in flight (end of the drain time).
     pub abort: CancellationToken,
+    /// Open model: a permit per message due, per server.
+    pub gates: Option<crate::schedule::Gates>,
 }
 
 /// The state of one worker between messages.
@@ -71,24 +73,25 @@ impl Worker {
             if shared.stop.is_cancelled() || shared.abort.is_cancelled() {
                 break;
             }
-            let Some(slot) = shared.plan.claim(self.server) else {
-                break;
-            };
-            let claimed = Instant::now();
-            if let Some(due) = slot.due
-                && due > claimed
-            {
+            if let Some(gates) = &shared.gates {
+                // Wait until the next message of this server falls due.
                 tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                    // Not yet due when the run was stopped: it was never part of the run.
+                    permit = gates[self.server].acquire() => match permit {
+                        Ok(p) => p.forget(),
+                        Err(_) => break,
+                    },
+                    // Not yet due when the run was stopped: never part of the run.
                     _ = shared.stop.cancelled() => break,
                     _ = shared.abort.cancelled() => break,
                 }
             }
+            let Some(slot) = shared.plan.claim(self.server) else {
+                break;
+            };
             let started = Instant::now();
-            let tolerance = shared.late_tolerance;
-            let late = slot.due.is_some_and(|d| started > d + tolerance);
-            let generator_late = late && slot.due.is_some_and(|d| claimed <= d + tolerance);
+            let late = slot
+                .due
+                .is_some_and(|d| started > d + shared.late_tolerance);
 
             let body_index = shared.factory.pick(&mut self.rng);
             self.clock.refresh();
@@ -121,7 +124,6 @@ impl Worker {
                 outcome,
                 bytes,
                 late,
-                generator_late,
             };
             shared
                 .stats
