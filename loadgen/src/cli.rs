@@ -104,7 +104,7 @@ pub struct Args {
     pub monitor_containers: Vec<String>,
 
     /// Sustained mode: a send is counted late when it starts more than this many
-    /// milliseconds after its scheduled time (tokio timers tick in 1 ms steps).
+    /// milliseconds after its scheduled time (smaller scheduling jitter is not late).
     #[arg(long, env = "LOADGEN_LATE_TOLERANCE_MS", default_value_t = 10.0)]
     pub late_tolerance_ms: f64,
 
