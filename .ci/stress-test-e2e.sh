@@ -87,12 +87,20 @@ EOF
     pass "$file: $messages successful messages over $servers servers"
 }
 
+# True when $1 runs (a zombie that init has not reaped yet has exited: it counts
+# as gone).
+running() {
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 # Asserts that no process from the pid list is alive.
 check_no_process() {
     local pids=$1 pid
     for pid in $pids; do
-        if kill -0 "$pid" 2>/dev/null; then
-            fail "server process $pid is still running after stop"
+        if running "$pid"; then
+            fail "server process $pid is still running after stop: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
         fi
     done
     [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "the pid file is still there after stop"
@@ -112,7 +120,8 @@ pids="$(awk '{print $2}' "$STAMPEDE_STATE_DIR/servers.pid")"
 "$ST" --local test-quick
 check_result "$(result_since "$marker" quick)" 100 5
 "$ST" --local logs
-archive="$(find results -maxdepth 1 -name '*-logs.tar.gz' -newer "$marker" | sort | tail -n 1)"
+# The archive of the `logs` verb is <stamp>-logs.tar.gz (a test's is <stamp>-<test>-logs).
+archive="$(find results -maxdepth 1 -name '*[0-9]-logs.tar.gz' -newer "$marker" | sort | tail -n 1)"
 [[ -n "$archive" ]] || fail "logs wrote no results/*-logs.tar.gz"
 [[ "$(tar -tzf "$archive" | grep -c 'server[0-9]*-logs/')" -ge 5 ]] || fail "$archive lacks server logs"
 pass "logs archive $archive"
