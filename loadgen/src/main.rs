@@ -47,23 +47,15 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             on_signal.cancel();
         }
     });
+    // The default name carries the start time; fixed now so `run.config` records it.
+    let path = match &config.output {
+        Some(p) => p.clone(),
+        None => config.default_output(chrono::Utc::now()),
+    };
+    config.output = Some(path.clone());
     let quiet = config.quiet;
-    let output = config.output.clone();
-    let test_type = config.test_type.clone();
     let result = loadgen::run(config, interrupt).await?;
-    let path = output.unwrap_or_else(|| {
-        std::path::PathBuf::from("results").join(format!(
-            "{}-{}.json",
-            result
-                .start_time()
-                .unwrap_or_else(chrono::Utc::now)
-                .format("%Y%m%d-%H%M%S"),
-            test_type
-        ))
-    });
-    result
-        .save(&path)
-        .with_context(|| "writing the result file")?;
+    result.save(&path).context("writing the result file")?;
     if !quiet {
         print!("{}", loadgen::progress::summary(&result));
         println!("  {:<22} {}", "result", path.display());

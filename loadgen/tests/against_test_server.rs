@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use common::{Action, TestServer, config, run};
 
+/// Tests that judge timing run one at a time, so they do not slow each other down.
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn seqs(s: &TestServer) -> Vec<u64> {
     s.messages()
         .iter()
@@ -231,6 +234,7 @@ async fn rejected_recipients_fail_the_message() {
 
 #[tokio::test]
 async fn sustained_rate_is_met_and_the_timeline_covers_the_run() {
+    let _serial = TIMING.lock().await;
     let server = TestServer::start(TestServer::accepting()).await;
     let r = run(config(
         &[server.addr],
@@ -268,6 +272,7 @@ async fn sustained_rate_is_met_and_the_timeline_covers_the_run() {
 
 #[tokio::test]
 async fn a_stall_shows_in_corrected_latency_not_in_uncorrected() {
+    let _serial = TIMING.lock().await;
     // One worker: message 20 stalls 300 ms, so the sends scheduled behind it start
     // late. Their own transactions stay fast; only the corrected figures see it.
     let script: common::Script = Arc::new(|n| {
@@ -310,6 +315,7 @@ async fn a_stall_shows_in_corrected_latency_not_in_uncorrected() {
 
 #[tokio::test]
 async fn a_server_that_dies_mid_run_gives_counted_failures_and_an_on_time_end() {
+    let _serial = TIMING.lock().await;
     let server = TestServer::start(TestServer::accepting()).await;
     let addr = server.addr;
     let cfg = config(
@@ -343,6 +349,7 @@ async fn a_server_that_dies_mid_run_gives_counted_failures_and_an_on_time_end() 
 
 #[tokio::test]
 async fn interrupting_a_run_returns_a_result_marked_interrupted() {
+    let _serial = TIMING.lock().await;
     let server = TestServer::start(TestServer::accepting()).await;
     let token = tokio_util::sync::CancellationToken::new();
     let t = token.clone();
