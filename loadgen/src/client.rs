@@ -308,10 +308,12 @@ impl Session {
             self.send(Phase::Data, b"DATA\r\n").await?;
             // Read every reply before judging, so the stream stays in step.
             let (mail, _) = self.reply(Phase::Mail, false).await?;
+            closing(Phase::Mail, mail)?;
             at = t.set(Phase::Mail, at);
             let mut rcpt_fail = None;
             for _ in &env.rcpts {
                 let (c, _) = self.reply(Phase::Rcpt, false).await?;
+                closing(Phase::Rcpt, c)?;
                 if c / 100 != 2 && rcpt_fail.is_none() {
                     rcpt_fail = Some(c);
                 }
@@ -418,6 +420,19 @@ impl Session {
             Err(FailureKind::Protocol)
         })
         .await
+    }
+}
+
+/// A 421 means the server is closing the connection (RFC 5321 3.8): the replies
+/// still pending in a pipelined batch will never come, so stop reading here.
+fn closing(phase: Phase, code: u16) -> Result<(), Failure> {
+    if code == 421 {
+        Err(Failure {
+            phase,
+            kind: FailureKind::Reply(code),
+        })
+    } else {
+        Ok(())
     }
 }
 

@@ -179,6 +179,40 @@ async fn failures_are_classified_by_code_and_the_run_goes_on() {
 }
 
 #[tokio::test]
+async fn a_421_to_a_pipelined_mail_is_counted_as_421_and_the_worker_reconnects() {
+    let mail: common::Script = Arc::new(|n| {
+        if n == 2 {
+            Action::Reply("421 4.3.2 shutting down")
+        } else {
+            Action::Accept
+        }
+    });
+    let server = TestServer::start_full(TestServer::accepting(), mail, true, None).await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--messages",
+            "6",
+            "--workers",
+            "1",
+            "--pipelining",
+            "--msgs-per-conn",
+            "3",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!((m.successful_messages, m.failed_messages), (5, 1));
+    assert_eq!(
+        m.error_breakdown.get("421"),
+        Some(&1),
+        "{:?}",
+        m.error_breakdown
+    );
+    assert_eq!(server.messages().len(), 5);
+}
+
+#[tokio::test]
 async fn refused_connections_are_counted_not_fatal_without_preflight() {
     // Bind and close to get a port nobody listens on.
     let addr = {

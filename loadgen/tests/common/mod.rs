@@ -45,12 +45,24 @@ impl TestServer {
         Self::start_with(script, true, None).await
     }
 
-    /// `reply_to_rcpt`: a reply to every RCPT instead of 250.
+    /// `rcpt_reply`: a reply to every RCPT instead of 250.
     pub async fn start_with(
         script: Script,
         pipelining: bool,
         rcpt_reply: Option<&'static str>,
     ) -> TestServer {
+        Self::start_full(script, Arc::new(|_| Action::Accept), pipelining, rcpt_reply).await
+    }
+
+    /// `mail_script` decides the reply to the n-th MAIL command (0-based, whole
+    /// server); `Action::Reply("421 ...")` closes the connection after it.
+    pub async fn start_full(
+        script: Script,
+        mail_script: Script,
+        pipelining: bool,
+        rcpt_reply: Option<&'static str>,
+    ) -> TestServer {
+        let mails = Arc::new(AtomicU64::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -64,8 +76,10 @@ impl TestServer {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (script, r, e) = (script.clone(), r.clone(), e.clone());
+                let (mail_script, mails) = (mail_script.clone(), mails.clone());
                 tokio::spawn(async move {
-                    let _ = session(sock, script, r, e, pipelining, rcpt_reply).await;
+                    let mail = (mail_script, mails);
+                    let _ = session(sock, script, mail, r, e, pipelining, rcpt_reply).await;
                 });
             }
         });
@@ -100,6 +114,7 @@ impl Drop for TestServer {
 async fn session(
     sock: tokio::net::TcpStream,
     script: Script,
+    (mail_script, mails): (Script, Arc<AtomicU64>),
     received: Arc<Mutex<Vec<Received>>>,
     eods: Arc<AtomicU64>,
     pipelining: bool,
@@ -121,7 +136,20 @@ async fn session(
             } else {
                 b"250-test\r\n250 SIZE 104857600\r\n"
             }
-        } else if cmd.starts_with("MAIL") || cmd.starts_with("RSET") {
+        } else if cmd.starts_with("MAIL") {
+            match mail_script(mails.fetch_add(1, Ordering::SeqCst)) {
+                Action::Reply(rep) => {
+                    w.write_all(rep.as_bytes()).await?;
+                    w.write_all(b"\r\n").await?;
+                    if rep.starts_with("421") {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Action::Drop => return Ok(()),
+                _ => b"250 ok\r\n",
+            }
+        } else if cmd.starts_with("RSET") {
             b"250 ok\r\n"
         } else if cmd.starts_with("RCPT") {
             match rcpt_reply {
