@@ -222,6 +222,8 @@ build_image() {
     quietly docker build -f "$ROOT/docker/Dockerfile" -t "$IMAGE" \
         --label "com.stampede.project=$COMPOSE_PROJECT" "$DOCKER_CONTEXT" ||
         die "docker build failed (see above); the context is $DOCKER_CONTEXT"
+    # The image this build replaced is left untagged; remove it (ours only, by label).
+    quietly docker image prune -f --filter "label=com.stampede.project=$COMPOSE_PROJECT" || true
     ok "image $IMAGE"
 }
 
@@ -516,6 +518,7 @@ cmd_clean() {
         if docker image inspect "$IMAGE" >/dev/null 2>&1; then
             docker image rm "$IMAGE" >/dev/null && ok "image $IMAGE removed"
         fi
+        quietly docker image prune -f --filter "label=com.stampede.project=$COMPOSE_PROJECT" || true
     fi
     rm -rf "$DOCKER_CONTEXT" "$STATE_DIR"
     ok "docker/bin and the state directory removed"
