@@ -132,7 +132,12 @@ async fn sigint_ends_the_run_with_an_interrupted_result() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait until messages flow: the Ctrl-C handler is installed before the run starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.eods.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < deadline, "no message arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = child.id().unwrap() as i32;
     // SAFETY: signalling the child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
