@@ -22,6 +22,11 @@ use crate::message::{DateClock, MessageFactory};
 use crate::schedule::Plan;
 use crate::stats::{MessageRecord, Stats};
 
+/// A connection idle longer than this is closed and reopened rather than reused:
+/// servers close idle sessions (the reference server after 120 s, some after far
+/// less), and a reply of theirs to a dead session would be miscounted as a failure.
+const MAX_IDLE_REUSE: Duration = Duration::from_secs(10);
+
 /// What all workers of a run share.
 pub struct RunShared {
     pub plan: Plan,
@@ -47,6 +52,8 @@ struct Worker {
     server: usize,
     conn: Option<Session>,
     on_conn: u32,
+    /// When the connection last finished a message.
+    idle_since: Instant,
     headers: Vec<u8>,
     clock: DateClock,
     rng: SmallRng,
@@ -59,6 +66,7 @@ pub async fn run_worker(shared: Arc<RunShared>, server: usize, seed: u64) {
         server,
         conn: None,
         on_conn: 0,
+        idle_since: Instant::now(),
         headers: Vec::with_capacity(1024),
         clock: DateClock::new(),
         rng: SmallRng::seed_from_u64(seed),
@@ -88,6 +96,15 @@ impl Worker {
             let Some(slot) = shared.plan.claim(self.server) else {
                 break;
             };
+            if self.idle_since.elapsed() > MAX_IDLE_REUSE
+                && let Some(conn) = self.conn.take()
+            {
+                let mut t = PhaseTimings::default();
+                tokio::select! {
+                    _ = conn.quit(&mut t) => {}
+                    _ = shared.abort.cancelled() => {}
+                }
+            }
             let started = Instant::now();
             let late = slot
                 .due
@@ -115,6 +132,7 @@ impl Worker {
             } else {
                 0
             };
+            self.idle_since = Instant::now();
             let record = MessageRecord {
                 server: self.server,
                 scheduled: slot.due,
