@@ -61,20 +61,33 @@ pub fn cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-/// The commit the generator was built from: `STAMPEDE_GIT_SHA`, else `git rev-parse`.
+/// The commit the generator was built from, best effort: `STAMPEDE_GIT_SHA` at run
+/// time or at build time, else `git rev-parse HEAD` in the working directory or in
+/// the directory of the binary (a `target/` inside the checkout).
 fn git_sha() -> Option<String> {
-    if let Ok(s) = std::env::var("STAMPEDE_GIT_SHA")
-        && !s.trim().is_empty()
-    {
+    let given = std::env::var("STAMPEDE_GIT_SHA")
+        .ok()
+        .or_else(|| option_env!("STAMPEDE_GIT_SHA").map(str::to_owned));
+    if let Some(s) = given.filter(|s| !s.trim().is_empty()) {
         return Some(s.trim().to_string());
     }
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && !sha.is_empty()).then_some(sha)
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    [Some(std::path::PathBuf::from(".")), exe_dir]
+        .into_iter()
+        .flatten()
+        .find_map(|dir| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args(["rev-parse", "HEAD"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
+            (out.status.success() && !sha.is_empty()).then_some(sha)
+        })
 }
 
 fn encode(h: &report::LatencyHistogram) -> anyhow::Result<String> {
