@@ -119,6 +119,17 @@ pub fn summary(r: &RunResult) -> String {
             );
         }
     }
+    if let Some(g) = r.run.as_ref().and_then(|run| run.generator) {
+        row(
+            "generator",
+            format!(
+                "{:.2} CPU s ({:.0}% of all cores), peak RSS {:.1} MiB",
+                g.cpu_seconds,
+                g.cpu_percent,
+                g.max_rss_bytes as f64 / 1048576.0
+            ),
+        );
+    }
     if r.generator_saturated {
         row(
             "WARNING",
