@@ -143,6 +143,15 @@ if command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1 &&
     "$ST" --docker test-quick
     file="$(result_since "$marker" quick)"
     check_result "$file" 100 5
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+want = ["smtp-server-%d" % n for n in range(1, 6)]
+sys.exit(0 if sorted(r.get("resources", {})) == want else "resources: %s, want %s" % (sorted(r.get("resources", {})), want))
+' "$file" || fail "the Docker result does not carry the five containers' resource series"
+        pass "resources section names the five server containers"
+    fi
     "$ST" --docker stop
     left="$(docker ps -aq --filter label=com.docker.compose.project=stampede)"
     [[ -z "$left" ]] || fail "containers left after stop: $left"

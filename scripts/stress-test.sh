@@ -583,6 +583,11 @@ run_loadgen() {
         esac
     done
     run_stamp="$(stamp)"
+    # Two runs in one second would share a name: wait for the next second instead.
+    while [[ -e "results/$run_stamp-$test_name.json" ]]; do
+        sleep 0.2
+        run_stamp="$(stamp)"
+    done
     output="results/$run_stamp-$test_name.json"
     if ((have_output == 1)); then
         output=""
