@@ -297,6 +297,8 @@ mod tests {
             "To: ",
             "Subject: ",
             "MIME-Version: 1.0",
+            "Content-Transfer-Encoding: 7bit",
+            "User-Agent: stampede-loadgen/",
             "Content-Type: text/plain",
             "X-Stampede-Run: run1",
             "X-Stampede-Seq: 7\r\n",
