@@ -321,16 +321,20 @@ impl Session {
             at = t.set(Phase::Rcpt, at);
             let (data, _) = self.reply(Phase::Data, false).await?;
             t.set(Phase::Data, at);
-            check(Phase::Mail, mail, 2)?;
-            if let Some(c) = rcpt_fail {
+            let refused = if mail / 100 != 2 {
+                Some((Phase::Mail, mail))
+            } else {
+                rcpt_fail.map(|c| (Phase::Rcpt, c))
+            };
+            if let Some((phase, code)) = refused {
                 if data == 354 {
                     // The server waits for a body we will not send, and ending it
                     // empty would deliver a message; closing aborts the transaction.
                     self.broken = true;
                 }
                 return Err(Failure {
-                    phase: Phase::Rcpt,
-                    kind: FailureKind::Reply(c),
+                    phase,
+                    kind: FailureKind::Reply(code),
                 });
             }
             check(Phase::Data, data, 3)?;
