@@ -43,8 +43,14 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let on_signal = interrupt.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("loadgen: interrupted; finishing messages in flight");
+            eprintln!(
+                "loadgen: interrupted; finishing messages in flight (Ctrl-C again to quit now, without a result)"
+            );
             on_signal.cancel();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("loadgen: interrupted twice; no result written");
+            std::process::exit(130);
         }
     });
     // The default name carries the start time; fixed now so `run.config` records it.
