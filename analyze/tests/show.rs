@@ -2,21 +2,7 @@
 
 mod common;
 
-use common::{Builder, analyze, analyze_in, prixfixe, s, spread};
-
-/// The row of a table whose first cell is `name`, as its cells.
-fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
-    table
-        .lines()
-        .map(|l| {
-            l.split(['│', '┆'])
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .find(|cells| cells.first() == Some(&name))
-        .unwrap_or_else(|| panic!("no row {name:?} in\n{table}"))
-}
+use common::{Builder, analyze, analyze_in, prixfixe, row, s, spread};
 
 #[test]
 fn show_prints_every_section_with_the_recorded_figures() {

@@ -1,0 +1,106 @@
+//! The analyzer on results of real runs: the load generator against two reference
+//! servers on 127.0.0.1, results written the way `loadgen` writes them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use common::{analyze, row, s};
+
+async fn start_servers(n: usize) -> Vec<server::RunningServer> {
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        servers.push(
+            server::start(server::Config::for_local_testing())
+                .await
+                .expect("reference server starts"),
+        );
+    }
+    servers
+}
+
+/// One generator run against `addrs`, saved as `dir/name`.
+async fn loadgen_run(addrs: &[SocketAddr], extra: &[&str], dir: &Path, name: &str) -> PathBuf {
+    let list = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec!["loadgen", "--servers", &list, "--quiet", "--timeout", "5"];
+    args.extend_from_slice(extra);
+    let config = loadgen::Config::from_cli(args).expect("valid loadgen flags");
+    let result = loadgen::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("the run completes");
+    let path = dir.join(name);
+    result.save(&path).expect("result saved");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_runs_are_shown_gated_compared_charted_and_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_servers(2).await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.smtp_addr()).collect();
+    let burst = &["--messages", "200", "--workers", "4", "--size", "small"];
+    let a = loadgen_run(&addrs, burst, dir.path(), "a.json").await;
+    let b = loadgen_run(&addrs, burst, dir.path(), "b.json").await;
+    for srv in servers {
+        srv.shutdown();
+        srv.wait().await.expect("server exits cleanly");
+    }
+
+    // show: the counts the servers saw, split round-robin.
+    let out = analyze(&["show", s(&a)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(row(&out.stdout, "total"), ["total", "200"]);
+    assert_eq!(row(&out.stdout, "successful"), ["successful", "200"]);
+    assert_eq!(
+        row(&out.stdout, "success rate"),
+        ["success rate", "100.00%"]
+    );
+    for addr in &addrs {
+        let cells = row(&out.stdout, &addr.to_string());
+        assert_eq!(cells[1..3], ["100", "100"], "{cells:?}");
+    }
+    assert_eq!(row(&out.stdout, "250")[1], "200");
+
+    // check: a gate the run meets and one no run on loopback can meet.
+    let out = analyze(&[
+        "check",
+        s(&a),
+        "--require",
+        "success_rate>=100",
+        "--require",
+        "successful_messages==200",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = analyze(&["check", s(&a), "--require", "p99<=1us"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+
+    // compare: a run against itself never regresses.
+    let out = analyze(&["compare", s(&a), s(&a), "--threshold", "1%"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // chart: the real histograms and timeline draw.
+    let charts = dir.path().join("charts");
+    let out = analyze(&["chart", s(&a), s(&b), "--out", s(&charts)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for name in ["throughput", "latency", "spectrum", "servers"] {
+        let png = charts.join(format!("{name}.png"));
+        let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "{} is {len} bytes", png.display());
+    }
+
+    // merge: two generators' runs become one of 400 messages, still split evenly.
+    let merged = dir.path().join("merged.json");
+    let out = analyze(&["merge", s(&a), s(&b), "-o", s(&merged)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = report::load(&merged).expect("merged result loads");
+    assert_eq!(
+        (m.metrics.total_messages, m.metrics.successful_messages),
+        (400, 400)
+    );
+    assert!(m.per_server.iter().all(|p| p.successful_messages == 200));
+}
