@@ -235,6 +235,40 @@ fn line_legend(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
 }
 
+type TimeChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Axes for a figure over the run: seconds since start against `y_desc`, the value
+/// axis from 0 with room for the legend. A title size under 24 is a panel of a
+/// larger chart and gets tighter margins.
+fn time_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    (title, title_size): (&str, u32),
+    y_desc: &str,
+    max_t: f64,
+    max_y: f64,
+) -> anyhow::Result<TimeChart<'a, DB>>
+where
+    DB::ErrorType: 'static,
+{
+    let panel = title_size < 24;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT_FAMILY, title_size))
+        .margin(if panel { 10 } else { 15 })
+        .x_label_area_size(if panel { 35 } else { 45 })
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_t.max(1.0), 0f64..upper(max_y))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
 /// Successful messages per second over the run.
 struct Throughput<'a>(&'a [&'a Series<'a>]);
 
@@ -243,30 +277,13 @@ impl Chart for Throughput<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let max_t = self
-            .0
-            .iter()
-            .flat_map(|s| &s.result.timeline)
-            .map(|p| p.t_s)
-            .max()
-            .unwrap_or(1);
-        let max_y = self
-            .0
-            .iter()
-            .flat_map(|s| &s.result.timeline)
+        let points = || self.0.iter().flat_map(|s| &s.result.timeline);
+        let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
+        let max_y = points()
             .map(|p| p.ok.max(p.failed) as f64)
             .fold(0.0, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption("Throughput over time", caption_style())
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_t.max(1) as f64, 0f64..upper(max_y))?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since start")
-            .y_desc("successful msg/s")
-            .draw()?;
+        let title = ("Throughput over time", 24);
+        let mut chart = time_chart(root, title, "successful msg/s", max_t as f64, max_y)?;
         for s in self.0 {
             let c = s.color;
             chart
@@ -307,17 +324,8 @@ impl Chart for LatencyOverTime<'_> {
         let points = || self.0.iter().flat_map(|s| &s.result.timeline);
         let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
         let max_y = points().map(|p| p.p99_ms.max(p.p50_ms)).fold(0.0, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption("Latency over time (per second)", caption_style())
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_t.max(1) as f64, 0f64..upper(max_y))?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since start")
-            .y_desc("latency (ms)")
-            .draw()?;
+        let title = ("Latency over time (per second)", 24);
+        let mut chart = time_chart(root, title, "latency (ms)", max_t as f64, max_y)?;
         for s in self.0 {
             let c = s.color;
             chart
@@ -593,17 +601,7 @@ impl Chart for Resources<'_> {
                 .flat_map(|(_, v)| v.iter())
                 .map(value)
                 .fold(0.0, f64::max);
-            let mut chart = ChartBuilder::on(panel)
-                .caption(title, (FONT_FAMILY, 20))
-                .margin(10)
-                .x_label_area_size(35)
-                .y_label_area_size(70)
-                .build_cartesian_2d(0f64..max_t, 0f64..upper(max_y))?;
-            chart
-                .configure_mesh()
-                .x_desc("seconds since start")
-                .y_desc(y_desc)
-                .draw()?;
+            let mut chart = time_chart(panel, (title, 20), y_desc, max_t, max_y)?;
             for (i, (label, samples)) in lines.iter().enumerate() {
                 let c = color(i);
                 chart
