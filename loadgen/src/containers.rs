@@ -104,12 +104,19 @@ async fn connect() -> anyhow::Result<Docker> {
     )
 }
 
+/// How long a series that is still empty when the run ends waits for one more
+/// document: a run shorter than the engine's 1 s tick (a quick test) would otherwise
+/// carry no sample at all. Longer than two ticks, since the first document only
+/// primes the CPU counters.
+const LAST_SAMPLE_WAIT: Duration = Duration::from_millis(2500);
+
 /// The sampling loop of one container. The engine pushes a stats document about once
 /// a second on a long-lived stream (Docker collects stats for all containers on one
 /// 1 s tick; even a one-shot request waits for that tick, so polling would only
 /// halve the rate). The first document primes the CPU counters; after that one
 /// sample is kept per `interval`, with CPU% taken over the time since the previous
-/// kept sample. Ends when `stop` turns true or the container goes away.
+/// kept sample. Ends when `stop` turns true (after one last sample if there is none
+/// yet) or the container goes away.
 async fn sample_container(
     docker: Docker,
     name: String,
@@ -120,13 +127,24 @@ async fn sample_container(
     let mut samples = Vec::new();
     let mut schedule = SampleSchedule::new(started, interval);
     let mut previous: Option<CpuReading> = None;
+    // Set when the run has ended with the series still empty: keep the next
+    // document whatever the schedule says, and give up at this instant.
+    let mut last_call: Option<Instant> = None;
     'reconnect: loop {
         let options = StatsOptionsBuilder::default().stream(true).build();
         let mut stream = docker.stats(&name, Some(options));
         loop {
+            let give_up = last_call.unwrap_or_else(|| Instant::now() + LAST_SAMPLE_WAIT);
             let next = tokio::select! {
                 biased;
-                _ = stop.changed() => break 'reconnect,
+                _ = stop.changed(), if last_call.is_none() => {
+                    if !samples.is_empty() {
+                        break 'reconnect;
+                    }
+                    last_call = Some(Instant::now() + LAST_SAMPLE_WAIT);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(give_up), if last_call.is_some() => break 'reconnect,
                 next = stream.next() => next,
             };
             let stats = match next {
@@ -137,10 +155,12 @@ async fn sample_container(
                 // Anything else (an engine hiccup) loses a sample, not the series:
                 // wait one interval and open a new stream.
                 Some(Err(_)) => {
+                    let wait = tokio::time::sleep(interval);
                     tokio::select! {
                         biased;
-                        _ = stop.changed() => break 'reconnect,
-                        _ = tokio::time::sleep(interval) => continue 'reconnect,
+                        _ = stop.changed(), if last_call.is_none() => break 'reconnect,
+                        _ = tokio::time::sleep_until(give_up), if last_call.is_some() => break 'reconnect,
+                        _ = wait => continue 'reconnect,
                     }
                 }
             };
@@ -150,7 +170,7 @@ async fn sample_container(
                 continue;
             };
             let now = Instant::now();
-            if !schedule.is_due(now) {
+            if !schedule.is_due(now) && last_call.is_none() {
                 continue;
             }
             let cpu_percent = reading.map_or(0.0, |reading| cpu_percent(before, reading));
@@ -162,6 +182,9 @@ async fn sample_container(
                 cpu_percent,
                 memory_bytes: memory_bytes(&stats),
             });
+            if last_call.is_some() {
+                break 'reconnect;
+            }
         }
     }
     samples
