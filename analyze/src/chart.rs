@@ -241,12 +241,19 @@ type TimeChart<'a, DB> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
+/// Where a chart is drawn: the whole image, or one panel of several.
+#[derive(Clone, Copy)]
+enum Frame {
+    Whole,
+    Panel,
+}
+
 /// Axes for a figure over the run: seconds since start against `y_desc`, the value
-/// axis from 0 with room for the legend. A title size under 24 is a panel of a
-/// larger chart and gets tighter margins.
+/// axis from 0 with room for the legend. A panel gets a smaller title and tighter
+/// margins.
 fn time_chart<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
-    (title, title_size): (&str, u32),
+    (title, frame): (&str, Frame),
     y_desc: &str,
     max_t: f64,
     max_y: f64,
@@ -254,11 +261,14 @@ fn time_chart<'a, DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let panel = title_size < 24;
+    let (title_style, margin, x_labels) = match frame {
+        Frame::Whole => (caption_style(), 15, 45),
+        Frame::Panel => ((FONT_FAMILY, 20).into_font().into(), 10, 35),
+    };
     let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT_FAMILY, title_size))
-        .margin(if panel { 10 } else { 15 })
-        .x_label_area_size(if panel { 35 } else { 45 })
+        .caption(title, title_style)
+        .margin(margin)
+        .x_label_area_size(x_labels)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..max_t.max(1.0), 0f64..upper(max_y))?;
     chart
@@ -282,7 +292,7 @@ impl Chart for Throughput<'_> {
         let max_y = points()
             .map(|p| p.ok.max(p.failed) as f64)
             .fold(0.0, f64::max);
-        let title = ("Throughput over time", 24);
+        let title = ("Throughput over time", Frame::Whole);
         let mut chart = time_chart(root, title, "successful msg/s", max_t as f64, max_y)?;
         for s in self.0 {
             let c = s.color;
@@ -324,7 +334,7 @@ impl Chart for LatencyOverTime<'_> {
         let points = || self.0.iter().flat_map(|s| &s.result.timeline);
         let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
         let max_y = points().map(|p| p.p99_ms.max(p.p50_ms)).fold(0.0, f64::max);
-        let title = ("Latency over time (per second)", 24);
+        let title = ("Latency over time (per second)", Frame::Whole);
         let mut chart = time_chart(root, title, "latency (ms)", max_t as f64, max_y)?;
         for s in self.0 {
             let c = s.color;
@@ -601,7 +611,7 @@ impl Chart for Resources<'_> {
                 .flat_map(|(_, v)| v.iter())
                 .map(value)
                 .fold(0.0, f64::max);
-            let mut chart = time_chart(panel, (title, 20), y_desc, max_t, max_y)?;
+            let mut chart = time_chart(panel, (title, Frame::Panel), y_desc, max_t, max_y)?;
             for (i, (label, samples)) in lines.iter().enumerate() {
                 let c = color(i);
                 chart
