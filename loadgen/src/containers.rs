@@ -134,17 +134,15 @@ async fn sample_container(
         let options = StatsOptionsBuilder::default().stream(true).build();
         let mut stream = docker.stats(&name, Some(options));
         loop {
-            let give_up = last_call.unwrap_or_else(|| Instant::now() + LAST_SAMPLE_WAIT);
             let next = tokio::select! {
                 biased;
-                _ = stop.changed(), if last_call.is_none() => {
-                    if !samples.is_empty() {
+                _ = run_over(&mut stop, last_call) => {
+                    if last_call.is_some() || !samples.is_empty() {
                         break 'reconnect;
                     }
                     last_call = Some(Instant::now() + LAST_SAMPLE_WAIT);
                     continue;
                 }
-                _ = tokio::time::sleep_until(give_up), if last_call.is_some() => break 'reconnect,
                 next = stream.next() => next,
             };
             let stats = match next {
@@ -155,12 +153,10 @@ async fn sample_container(
                 // Anything else (an engine hiccup) loses a sample, not the series:
                 // wait one interval and open a new stream.
                 Some(Err(_)) => {
-                    let wait = tokio::time::sleep(interval);
                     tokio::select! {
                         biased;
-                        _ = stop.changed(), if last_call.is_none() => break 'reconnect,
-                        _ = tokio::time::sleep_until(give_up), if last_call.is_some() => break 'reconnect,
-                        _ = wait => continue 'reconnect,
+                        _ = run_over(&mut stop, last_call) => break 'reconnect,
+                        _ = tokio::time::sleep(interval) => continue 'reconnect,
                     }
                 }
             };
@@ -188,6 +184,17 @@ async fn sample_container(
         }
     }
     samples
+}
+
+/// Resolves when sampling is to end: `stop` turned true (or its sender is gone), or,
+/// once the last call for an empty series has begun, at its deadline.
+async fn run_over(stop: &mut watch::Receiver<bool>, last_call: Option<Instant>) {
+    match last_call {
+        None => {
+            let _ = stop.changed().await;
+        }
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+    }
 }
 
 /// Decides which of the engine's (roughly 1 s apart) documents become samples, so a
