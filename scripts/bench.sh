@@ -85,15 +85,16 @@ stop() {
     kill -9 "$1" 2>/dev/null || true
 }
 
-# smtp-source run; prints "seconds".
+# smtp-source run, 20 sessions of 10 KiB messages; prints "seconds client_cpu_s"
+# (smtp-source reports no timing of its own).
 smtp_source() {
     local port=$1 messages=$2 extra=$3 t0 t1
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    smtp-source -s 20 -m "$messages" -l 10240 -f bench@stampede.test -t sink@example.test \
-        $extra "127.0.0.1:$port" >/dev/null
+    /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$messages" -l 10240 \
+        -f bench@stampede.test -t sink@example.test $extra "127.0.0.1:$port" >/dev/null
     t1=$(date +%s.%N)
-    echo "$t0 $t1" | awk '{ printf "%.3f", $2 - $1 }'
+    echo "$t0 $t1 $(cat "$OUT/time")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
 }
 
 # loadgen run; prints "msg/s cpu_s max_rss_MiB successful late" from its result file.
@@ -134,7 +135,7 @@ bench_server() {
                 PIDS+=("$pid")
                 wait_port "$port"
                 cpu0=$(cpu_s "$pid")
-                secs=$(smtp_source "$port" "$n" "$extra")
+                read -r secs _ < <(smtp_source "$port" "$n" "$extra")
                 cpu1=$(cpu_s "$pid")
                 stop "$pid"
                 printf '%-12s %-14s %8s %8.0f %8.2f\n' "$srv" "$mode" "$secs" \
@@ -174,7 +175,7 @@ EOF
 bench_loadgen() {
     need smtp-source "apt-get install postfix"
     need smtp-sink "apt-get install postfix"
-    local n=10000 port pid i r t0 t1
+    local n=10000 port pid i r secs cpu
     echo "== loadgen vs smtp-source against smtp-sink: 20 sessions, 10 KiB, $n messages (repeats: $REPEATS)"
     printf '%-12s %-10s %8s %8s\n' client per-conn msg/s cpu_s
     port=$(free_port)
@@ -183,12 +184,9 @@ bench_loadgen() {
     for i in $(seq 1 "$REPEATS"); do
         for per in 1 100; do
             local extra=""; [[ $per == 100 ]] && extra="-d"
-            t0=$(date +%s.%N)
-            /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$n" -l 10240 \
-                -f bench@stampede.test -t sink@example.test $extra "127.0.0.1:$port" >/dev/null
-            t1=$(date +%s.%N)
+            read -r secs cpu < <(smtp_source "$port" "$n" "$extra")
             printf '%-12s %-10s %8.0f %8.2f\n' smtp-source "$( [[ $per == 100 ]] && echo "-d (500)" || echo 1)" \
-                "$(echo "$n $t0 $t1" | awk '{ print $1 / ($3 - $2) }')" "$(awk '{ print $1 + $2 }' "$OUT/time")"
+                "$(echo "$n $secs" | awk '{ print $1 / $2 }')" "$cpu"
             r=($(loadgen_run "$port" --messages "$n" --workers 20 --size 10240 --msgs-per-conn "$per"))
             printf '%-12s %-10s %8.0f %8.2f\n' loadgen "$per" "${r[0]}" "${r[1]}"
         done
