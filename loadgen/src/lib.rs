@@ -13,6 +13,7 @@ mod containers;
 pub mod message;
 pub mod progress;
 pub mod result;
+pub mod runtime;
 pub mod schedule;
 pub mod stats;
 pub mod worker;
@@ -110,6 +111,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let pools: Vec<u32> = (0..servers)
         .map(|s| workers_for(s, servers, config.mode.workers()))
         .collect();
+    let pools_total = pools.iter().map(|&p| p as usize).sum::<usize>().max(1);
     let (dispatcher, gates) = match timetable {
         Some(tt) => {
             let (d, g) = Dispatcher::spawn(tt, total, pools.clone(), config.late_tolerance)
@@ -132,12 +134,20 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         gates,
     });
 
+    // Sessions are dealt over the shards one by one, so each shard gets its share
+    // of every server's pool. The shards outlive `set`: they stop when dropped.
+    let shards = runtime::Shards::start(runtime::shard_count(config.threads).min(pools_total))
+        .context("starting the runtime threads")?;
     let mut set = JoinSet::new();
     let mut seed = 0u64;
     for (s, &pool) in pools.iter().enumerate() {
         for _ in 0..pool {
+            shards.spawn(
+                &mut set,
+                seed as usize,
+                worker::run_worker(Arc::clone(&shared), s, seed + 1),
+            );
             seed += 1;
-            set.spawn(worker::run_worker(Arc::clone(&shared), s, seed));
         }
     }
     let progress_done = CancellationToken::new();
@@ -176,6 +186,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         }
     }
     progress_done.cancel();
+    drop(shards);
     // Every worker has ended, so the dispatcher has nothing left to release.
     let generator_late = dispatcher.map_or(0, |d| {
         d.stop();
