@@ -136,8 +136,11 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
 
     // Sessions are dealt over the shards one by one, so each shard gets its share
     // of every server's pool. The shards outlive `set`: they stop when dropped.
-    let shards = runtime::Shards::start(runtime::shard_count(config.threads).min(pools_total))
-        .context("starting the runtime threads")?;
+    // Only the closed model polls before sleeping (why: runtime.rs).
+    let shard_count = runtime::shard_count(config.threads).min(pools_total);
+    let poll = timetable.is_none();
+    let shards =
+        runtime::Shards::start(shard_count, poll).context("starting the runtime threads")?;
     let mut set = JoinSet::new();
     let mut seed = 0u64;
     for (s, &pool) in pools.iter().enumerate() {
