@@ -47,6 +47,9 @@ pub struct Config {
     pub bind: IpAddr,
     /// SMTP port; 0 picks a free port (see `RunningServer::smtp_addr`).
     pub port: u16,
+    /// Length of the kernel's queue of connections not yet accepted (capped by
+    /// `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Admin HTTP listener: `None` disables it, `Some(0)` picks a free port.
     pub admin_port: Option<u16>,
     /// Address the admin listener binds to; `None` means the same as `bind`.
@@ -98,6 +101,7 @@ impl Default for Config {
         Self {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 2525,
+            listen_backlog: 4096,
             admin_port: Some(8080),
             admin_bind: None,
             domain: "localhost".into(),
@@ -151,6 +155,7 @@ pub enum ConfigError {
 pub const KEYS: &[(&str, &str)] = &[
     ("server", "bind"),
     ("server", "port"),
+    ("server", "listen_backlog"),
     ("server", "admin_port"),
     ("server", "admin_bind"),
     ("server", "domain"),
@@ -248,6 +253,7 @@ impl Config {
                     .parse()
                     .map_err(|_| bad("expected a port 0-65535".into()))?
             }
+            "listen_backlog" => self.listen_backlog = parse_count_u32(v).map_err(bad)?,
             "admin_port" => {
                 self.admin_port = if v.eq_ignore_ascii_case("auto") {
                     Some(0)
@@ -364,6 +370,7 @@ impl Config {
             }
         }
         for (key, value) in [
+            ("listen_backlog", self.listen_backlog),
             ("max_requests_per_window", self.max_requests_per_window),
             (
                 "max_requests_per_window_per_ip",

@@ -219,8 +219,7 @@ impl RunningServer {
 /// returns at once.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
-    let smtp_listener = TcpListener::bind(config.smtp_listen_addr())
-        .await
+    let smtp_listener = listener::bind(config.smtp_listen_addr(), config.listen_backlog)
         .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
     let smtp_addr = smtp_listener.local_addr()?;
     let admin_listener = match config.admin_listen_addr() {
@@ -255,14 +254,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     shared.refresh_gauges();
 
     let sessions = TaskTracker::new();
-    let accept_loop = tokio::spawn(
-        listener::Listener {
-            listener: smtp_listener,
-            shared: shared.clone(),
-            sessions: sessions.clone(),
-        }
-        .run(),
-    );
+    let accept_loop = listener::spawn(
+        smtp_listener,
+        shared.clone(),
+        sessions.clone(),
+        tokio::runtime::Handle::current(),
+    )
+    .context("cannot start the accept loop")?;
     let stop_aux = CancellationToken::new();
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), stop_aux.clone())));
@@ -272,7 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let shared = shared.clone();
         tokio::spawn(async move {
             shared.shutdown.draining.cancelled().await;
-            let _ = accept_loop.await;
+            accept_loop.stopped().await;
             sessions.close();
             let grace = shared.config.shutdown_grace;
             if tokio::time::timeout(grace, sessions.wait()).await.is_err() {

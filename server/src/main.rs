@@ -70,6 +70,9 @@ struct RunArgs {
     /// SMTP port; 0 picks a free port (logged as smtp_addr=) [default: 2525].
     #[arg(long, env = "SMTP_PORT")]
     port: Option<String>,
+    /// Queue of connections not yet accepted, capped by net.core.somaxconn [default: 4096].
+    #[arg(long, env = "SMTP_LISTEN_BACKLOG")]
+    listen_backlog: Option<String>,
     /// Admin HTTP port; 0 disables, `auto` picks a free port [default: 8080].
     #[arg(long, env = "SMTP_ADMIN_PORT")]
     admin_port: Option<String>,
