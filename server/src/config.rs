@@ -54,6 +54,10 @@ pub struct Config {
     pub admin_port: Option<u16>,
     /// Address the admin listener binds to; `None` means the same as `bind`.
     pub admin_bind: Option<IpAddr>,
+    /// Where the server writes the admin address it bound when `admin_port` is
+    /// `auto`, for `smtp-server healthcheck` to read; removed at a clean stop. `None`
+    /// (an empty value) writes nothing.
+    pub admin_addr_file: Option<PathBuf>,
     /// The host name in the banner and the EHLO reply.
     pub domain: String,
     pub store: StoreKind,
@@ -96,6 +100,10 @@ pub struct Config {
 
 const MIB: u64 = 1024 * 1024;
 
+/// A fixed place that the server and `smtp-server healthcheck` agree on without being
+/// told, in the same host or container.
+pub const DEFAULT_ADMIN_ADDR_FILE: &str = "/tmp/smtp-server-admin.addr";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -104,6 +112,7 @@ impl Default for Config {
             listen_backlog: 4096,
             admin_port: Some(8080),
             admin_bind: None,
+            admin_addr_file: Some(PathBuf::from(DEFAULT_ADMIN_ADDR_FILE)),
             domain: "localhost".into(),
             store: StoreKind::Discard,
             spool_dir: PathBuf::from("spool"),
@@ -158,6 +167,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("server", "listen_backlog"),
     ("server", "admin_port"),
     ("server", "admin_bind"),
+    ("server", "admin_addr_file"),
     ("server", "domain"),
     ("server", "store"),
     ("server", "spool_dir"),
@@ -190,6 +200,8 @@ impl Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             admin_port: None,
+            // Parallel test servers must not share (and clobber) one address file.
+            admin_addr_file: None,
             store: StoreKind::Memory,
             max_connections_per_ip: 1000,
             max_requests_per_window: u32::MAX,
@@ -275,6 +287,9 @@ impl Config {
                     v.parse()
                         .map_err(|_| bad("expected an IP address".into()))?,
                 )
+            }
+            "admin_addr_file" => {
+                self.admin_addr_file = (!v.is_empty()).then(|| PathBuf::from(v));
             }
             "domain" => {
                 if v.is_empty()

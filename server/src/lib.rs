@@ -235,6 +235,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .map(|l| l.local_addr())
         .transpose()?;
 
+    let published_admin = publish_admin_addr(&config, admin_addr)?;
+
     let store = Store::open(&config).context("cannot open the message store")?;
     let memory = Arc::new(MemoryBudget::new(
         config.max_memory_usage,
@@ -286,6 +288,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 let _ = task.await;
             }
             let _ = monitor.await;
+            if let Some(published) = published_admin {
+                published.remove();
+            }
             tracing::info!("server stopped");
         })
     };
@@ -296,6 +301,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         admin_addr,
         supervisor,
     })
+}
+
+/// Writes the admin address to `admin_addr_file` when the port was picked by the
+/// system (`admin_port = auto`), the one case where a health check cannot know it.
+fn publish_admin_addr(
+    config: &Config,
+    admin_addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<admin::PublishedAddr>> {
+    let (Some(addr), Some(path), Some(0)) =
+        (admin_addr, &config.admin_addr_file, config.admin_port)
+    else {
+        return Ok(None);
+    };
+    let published = admin::PublishedAddr::write(path, addr)
+        .with_context(|| format!("cannot write admin_addr_file {}", path.display()))?;
+    Ok(Some(published))
 }
 
 /// Samples RSS and keeps the rate-limiter table small, every `monitoring_interval`.

@@ -27,15 +27,32 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Probe the admin /health endpoint; exit 0 when it answers 200, 1 otherwise.
+    /// Probe the admin /health endpoint; exit 0 when it answers 200, 1 otherwise
+    /// (2 on a bad configuration).
     Healthcheck(HealthcheckArgs),
 }
 
+/// Where to probe comes from the server's own configuration (file and SMTP_*
+/// variables): a fixed admin port is probed on loopback (or admin_bind); with
+/// admin_port `auto` the address the running server wrote to admin_addr_file.
 #[derive(Args, Debug)]
 struct HealthcheckArgs {
-    /// Admin port on 127.0.0.1 to probe.
-    #[arg(long, env = "SMTP_ADMIN_PORT", default_value_t = 8080)]
-    admin_port: u16,
+    /// The server's TOML configuration file, for its admin settings.
+    #[arg(long, env = "SMTP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Admin port: a number, `auto` (read admin_addr_file) or 0 (disabled) [default: 8080].
+    #[arg(long, env = "SMTP_ADMIN_PORT")]
+    admin_port: Option<String>,
+    /// Address the admin listener binds to [default: same as --bind].
+    #[arg(long, env = "SMTP_ADMIN_BIND")]
+    admin_bind: Option<String>,
+    /// Address the SMTP listener binds to [default: 0.0.0.0].
+    #[arg(long, env = "SMTP_BIND")]
+    bind: Option<String>,
+    /// File holding the admin address when admin_port is `auto`
+    /// [default: /tmp/smtp-server-admin.addr].
+    #[arg(long, env = "SMTP_ADMIN_ADDR_FILE")]
+    admin_addr_file: Option<String>,
     /// Full URL to probe instead (http only), e.g. http://127.0.0.1:8080/health.
     #[arg(long)]
     url: Option<String>,
@@ -79,6 +96,10 @@ struct RunArgs {
     /// Address for the admin listener [default: same as --bind].
     #[arg(long, env = "SMTP_ADMIN_BIND")]
     admin_bind: Option<String>,
+    /// With --admin-port auto, the file the bound admin address is written to, for
+    /// `smtp-server healthcheck`; "" writes none [default: /tmp/smtp-server-admin.addr].
+    #[arg(long, env = "SMTP_ADMIN_ADDR_FILE")]
+    admin_addr_file: Option<String>,
     /// Host name in the banner and EHLO reply [default: localhost].
     #[arg(long, env = "SMTP_DOMAIN")]
     domain: Option<String>,
@@ -180,10 +201,20 @@ fn main() -> ExitCode {
 }
 
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", args.admin_port));
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => match healthcheck_target(args) {
+            Ok(url) => url,
+            Err(HealthcheckError::Config(e)) => {
+                eprintln!("smtp-server healthcheck: {e}");
+                return ExitCode::from(2);
+            }
+            Err(HealthcheckError::Target(e)) => {
+                println!("unhealthy: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match server::healthcheck::probe(&url, args.timeout) {
         Ok(200) => {
             println!("healthy: {url} answered 200");
@@ -198,6 +229,29 @@ fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+enum HealthcheckError {
+    Config(server::ConfigError),
+    Target(server::healthcheck::TargetError),
+}
+
+/// The /health URL of the server that the configuration describes.
+fn healthcheck_target(args: &HealthcheckArgs) -> Result<String, HealthcheckError> {
+    let mut overrides = BTreeMap::new();
+    for (key, value) in [
+        ("admin_port", &args.admin_port),
+        ("admin_bind", &args.admin_bind),
+        ("bind", &args.bind),
+        ("admin_addr_file", &args.admin_addr_file),
+    ] {
+        if let Some(value) = value {
+            overrides.insert(key.to_string(), value.clone());
+        }
+    }
+    let config =
+        Config::load(args.config.as_deref(), &overrides).map_err(HealthcheckError::Config)?;
+    server::healthcheck::health_url(&config).map_err(HealthcheckError::Target)
 }
 
 fn init_tracing(format: LogFormat) {
