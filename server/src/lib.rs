@@ -21,10 +21,10 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod data;
 pub mod healthcheck;
-pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
@@ -47,7 +47,7 @@ pub use config::{Config, ConfigError, StoreKind};
 pub use memory::MemoryLevel;
 pub use store::StoredMessage;
 
-use limits::Admission;
+use admission::Admission;
 use memory::MemoryBudget;
 use metrics::Metrics;
 use store::Store;

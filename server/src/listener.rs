@@ -7,7 +7,7 @@
 //! after the client already believes it is connected, and that client then waits for
 //! a banner that never comes.
 //!
-//! Each accepted socket is checked against the limits (see [`crate::limits`]). An
+//! Each accepted socket is checked against the limits (see [`crate::admission`]). An
 //! admitted socket is handed to the main runtime, where its session runs. A refused
 //! socket stays on the accept thread: its one-line reply is written by a small task
 //! with a short, bounded timeout, which then reads what the peer may already have sent
@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
-use crate::limits::Refusal;
+use crate::admission::Refusal;
 use crate::session::Session;
 
 /// Concurrent refusals that get a lingering close.
@@ -175,7 +175,7 @@ impl Listener {
         &self,
         socket: TcpStream,
         peer: SocketAddr,
-        permit: crate::limits::ConnectionPermit,
+        permit: crate::admission::ConnectionPermit,
     ) {
         let _ = socket.set_nodelay(true);
         let socket = match socket.into_std() {
