@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -8,7 +8,7 @@
 //! - the TOML file is read by serde (`deny_unknown_fields`), each key inside the
 //!   section its field names;
 //! - flags and the `SMTP_<KEY>` environment variables are read by clap (see
-//!   [`add_args`]), which gives flag > env; the help shows each default, taken by
+//!   [`Config::add_args`]), which gives flag > env; the help shows each default, taken by
 //!   serializing `Config::default()`;
 //! - sizes and durations go through the workspace's `units` grammar everywhere.
 //!
@@ -224,38 +224,40 @@ pub enum ConfigError {
 /// The per-IP rate follows a changed global rate unless it is set itself.
 const PER_IP_RATE: &str = "max_requests_per_window_per_ip";
 
-/// Adds a flag and an `SMTP_<KEY>` environment variable for every key to `command`,
-/// each help text ending with the key's real default.
-pub fn add_args(command: Command) -> Command {
-    let defaults = default_texts();
-    // augment_args would also put Config's doc comment in place of the command's own.
-    let about = command.get_about().cloned();
-    let long_about = command.get_long_about().cloned();
-    let command = Config::augment_args(command)
-        .about(about.unwrap_or_default())
-        .long_about(long_about.unwrap_or_default());
-    command.mut_args(|arg| {
-        let id = arg.get_id().to_string();
-        if !is_key(&id) {
-            return arg;
-        }
-        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-        let help = match defaults.get(&id) {
-            Some(default) => format!("{help} [default: {default}]"),
-            None => help,
-        };
-        // Unset keys keep the file's value or the default, so no key is required.
-        arg.required(false).env(env_name(&id)).help(help)
-    })
+impl Config {
+    /// Adds a flag and an `SMTP_<KEY>` environment variable for every key to `command`,
+    /// each help text ending with the key's real default.
+    pub fn add_args(command: Command) -> Command {
+        let defaults = default_texts();
+        // augment_args would also put Config's doc comment in place of the command's own.
+        let about = command.get_about().cloned();
+        let long_about = command.get_long_about().cloned();
+        let command = Config::augment_args(command)
+            .about(about.unwrap_or_default())
+            .long_about(long_about.unwrap_or_default());
+        command.mut_args(|arg| {
+            let id = arg.get_id().to_string();
+            if !is_key(&id) {
+                return arg;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let help = match defaults.get(&id) {
+                Some(default) => format!("{help} [default: {default}]"),
+                None => help,
+            };
+            // Unset keys keep the file's value or the default, so no key is required.
+            arg.required(false).env(env_name(&id)).help(help)
+        })
+    }
 }
 
 /// `SMTP_<KEY>`: the environment variable for a key.
-pub fn env_name(key: &str) -> String {
+fn env_name(key: &str) -> String {
     format!("SMTP_{}", key.to_ascii_uppercase())
 }
 
 /// Every key with its TOML section, in declaration order.
-pub fn keys() -> Vec<(String, String)> {
+fn keys() -> Vec<(String, String)> {
     Config::augment_args(Command::new("keys"))
         .get_arguments()
         .filter_map(|arg| {
@@ -287,43 +289,45 @@ fn default_texts() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Turns clap's error about a flag or `SMTP_*` value into one naming the key; `None`
-/// for any other clap error.
-pub fn key_error(err: &clap::Error) -> Option<ConfigError> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(
-        err.kind(),
-        ErrorKind::ValueValidation | ErrorKind::InvalidValue
-    ) {
-        return None;
-    }
-    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    let flag = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let key = flag.replace('-', "_");
-    if !is_key(&key) {
-        return None;
-    }
-    let value = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => value.clone(),
-        _ => String::new(),
-    };
-    let reason = match (
-        std::error::Error::source(err),
-        err.get(ContextKind::ValidValue),
-    ) {
-        (Some(source), _) => source.to_string(),
-        (None, Some(ContextValue::Strings(valid))) => {
-            format!("expected one of {}", valid.join(", "))
+impl ConfigError {
+    /// Turns clap's error about a flag or `SMTP_*` value into one naming the key; `None`
+    /// for any other clap error.
+    pub fn from_clap(err: &clap::Error) -> Option<ConfigError> {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        if !matches!(
+            err.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        ) {
+            return None;
         }
-        _ => "not accepted".to_string(),
-    };
-    Some(ConfigError::InvalidValue {
-        reason: format!("{reason} (from --{flag} or {})", env_name(&key)),
-        key,
-        value,
-    })
+        let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+            return None;
+        };
+        let flag = arg.split_whitespace().next()?.strip_prefix("--")?;
+        let key = flag.replace('-', "_");
+        if !is_key(&key) {
+            return None;
+        }
+        let value = match err.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(value)) => value.clone(),
+            _ => String::new(),
+        };
+        let reason = match (
+            std::error::Error::source(err),
+            err.get(ContextKind::ValidValue),
+        ) {
+            (Some(source), _) => source.to_string(),
+            (None, Some(ContextValue::Strings(valid))) => {
+                format!("expected one of {}", valid.join(", "))
+            }
+            _ => "not accepted".to_string(),
+        };
+        Some(ConfigError::InvalidValue {
+            reason: format!("{reason} (from --{flag} or {})", env_name(&key)),
+            key,
+            value,
+        })
+    }
 }
 
 impl Config {
@@ -350,7 +354,7 @@ impl Config {
 
     /// Builds the configuration from the defaults, an optional TOML file, and the
     /// flags and environment variables in `matches` (from a command given to
-    /// [`add_args`]; clap has already put flags over the environment). Each layer
+    /// [`Config::add_args`]; clap has already put flags over the environment). Each layer
     /// wins over the ones before it.
     pub fn load(file: Option<&Path>, matches: &ArgMatches) -> Result<Self, ConfigError> {
         let (mut config, mut per_ip_set) = Self::from_file(file)?;
@@ -360,7 +364,7 @@ impl Config {
         );
         config
             .update_from_arg_matches(matches)
-            .map_err(|e| key_error(&e).unwrap_or_else(|| internal(e)))?;
+            .map_err(|e| ConfigError::from_clap(&e).unwrap_or_else(|| internal(e)))?;
         if !per_ip_set {
             config.max_requests_per_window_per_ip = (config.max_requests_per_window / 10).max(1);
         }
@@ -491,7 +495,7 @@ impl Config {
 }
 
 /// A clap error that is not about a key's value (it cannot happen for a command made
-/// by [`add_args`], whose values clap has already parsed).
+/// by [`Config::add_args`], whose values clap has already parsed).
 fn internal(err: clap::Error) -> ConfigError {
     ConfigError::InvalidValue {
         key: "arguments".into(),
@@ -701,12 +705,12 @@ mod tests {
 
     /// Parses command-line arguments (after the program name) into matches.
     fn args(list: &[&str]) -> Result<ArgMatches, clap::Error> {
-        add_args(Command::new("smtp-server"))
+        Config::add_args(Command::new("smtp-server"))
             .try_get_matches_from(std::iter::once("smtp-server").chain(list.iter().copied()))
     }
 
     fn load_args(list: &[&str]) -> Result<Config, ConfigError> {
-        let matches = args(list).map_err(|e| key_error(&e).expect("a key error"))?;
+        let matches = args(list).map_err(|e| ConfigError::from_clap(&e).expect("a key error"))?;
         Config::load(None, &matches)
     }
 
@@ -799,7 +803,7 @@ mod tests {
 
     #[test]
     fn help_shows_every_key_with_its_real_default() {
-        let help = add_args(Command::new("smtp-server"))
+        let help = Config::add_args(Command::new("smtp-server"))
             .render_help()
             .to_string();
         for expected in [

@@ -113,7 +113,7 @@ pub fn split_url(url: &str) -> Result<(String, String), ProbeError> {
 }
 
 /// GETs `url` and returns the HTTP status code.
-pub fn probe(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
+pub fn probe_health(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     let (authority, path) = split_url(url)?;
     let addr = authority
         .to_socket_addrs()

@@ -4,6 +4,16 @@
 //! connection and rate limits at the door, timeouts, size and memory budgets per
 //! message, per session and per process, Prometheus metrics, graceful shutdown.
 //!
+//! How the crate is laid out:
+//! - `config`: the one typed [`Config`], layered defaults → file → env → flags;
+//! - `listener`: the accept loop on its own thread, handing sockets to
+//!   - `admission`: memory, connection and rate limits before any session exists;
+//! - [`session`]: one connection's state machine, speaking [`protocol`] and reading
+//!   message content through [`data`];
+//! - `memory`: the process memory budget; `store`: what happens to a message;
+//! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
+//! - `healthcheck`: the probe behind `smtp-server healthcheck`.
+//!
 //! The library API lets tests (and the load generator's tests) run the server in
 //! process:
 //!
@@ -20,17 +30,17 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admin;
-pub mod admission;
-pub mod config;
+mod admin;
+mod admission;
+mod config;
 pub mod data;
-pub mod healthcheck;
-pub mod listener;
-pub mod memory;
-pub mod metrics;
+mod healthcheck;
+mod listener;
+mod memory;
+mod metrics;
 pub mod protocol;
 pub mod session;
-pub mod store;
+mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, StoreKind};
+pub use healthcheck::{ProbeError, TargetError, health_url, probe_health};
 pub use memory::MemoryLevel;
 pub use store::StoredMessage;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use server::config::{self, Config};
+use server::{Config, ConfigError};
 
 /// Stampede's reference ESMTP server.
 ///
@@ -57,7 +57,7 @@ enum LogFormat {
 }
 
 /// The settings that are not configuration keys; the keys are added by
-/// `server::config::add_args`.
+/// `server::Config::add_args`.
 #[derive(Args, Debug)]
 struct RunArgs {
     /// TOML configuration file ([server], [resources], [memory] sections).
@@ -71,7 +71,7 @@ struct RunArgs {
 /// The whole command line: the fixed arguments plus one flag per configuration key,
 /// on the server and on `healthcheck` alike.
 fn command() -> clap::Command {
-    config::add_args(Cli::command()).mut_subcommand("healthcheck", config::add_args)
+    Config::add_args(Cli::command()).mut_subcommand("healthcheck", Config::add_args)
 }
 
 /// Exit code for a bad configuration (DESIGN: 0 clean stop, 1 runtime failure).
@@ -80,7 +80,7 @@ const BAD_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let matches = match command().try_get_matches() {
         Ok(matches) => matches,
-        Err(e) => match config::key_error(&e) {
+        Err(e) => match ConfigError::from_clap(&e) {
             Some(e) => {
                 eprintln!("smtp-server: {e}");
                 return ExitCode::from(BAD_CONFIG);
@@ -128,7 +128,7 @@ fn healthcheck(args: &HealthcheckArgs, matches: &ArgMatches) -> ExitCode {
                     return ExitCode::from(BAD_CONFIG);
                 }
             };
-            match server::healthcheck::health_url(&config) {
+            match server::health_url(&config) {
                 Ok(url) => url,
                 Err(e) => {
                     println!("unhealthy: {e}");
@@ -137,7 +137,7 @@ fn healthcheck(args: &HealthcheckArgs, matches: &ArgMatches) -> ExitCode {
             }
         }
     };
-    match server::healthcheck::probe(&url, args.timeout) {
+    match server::probe_health(&url, args.timeout) {
         Ok(200) => {
             println!("healthy: {url} answered 200");
             ExitCode::SUCCESS
