@@ -246,9 +246,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .map(|l| l.local_addr())
         .transpose()?;
 
-    let published_admin = publish_admin_addr(&config, admin_addr)?;
-
     let store = Store::open(&config).context("cannot open the message store")?;
+    let published_admin = publish_admin_addr(&config, admin_addr)?;
     let memory = Arc::new(MemoryBudget::new(
         config.max_memory_usage,
         config.memory_warning_threshold,
@@ -267,7 +266,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     shared.refresh_gauges();
 
     let sessions = TaskTracker::new();
-    let accept_loop = listener::spawn(
+    let mut accept_loop = listener::spawn(
         smtp_listener,
         shared.clone(),
         sessions.clone(),

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
@@ -90,15 +91,25 @@ pub fn bind(addr: SocketAddr, requested_backlog: u32) -> io::Result<BoundListene
     })
 }
 
-/// Resolves when the accept loop has stopped (after draining began).
+/// The running accept loop. It stops when draining begins, or when this handle is
+/// dropped: the handle lives in a task on the main runtime, so a runtime shut down
+/// without a graceful stop (a test that just ends) does not leave the thread behind.
 pub struct AcceptLoop {
     stopped: oneshot::Receiver<()>,
+    abandoned: CancellationToken,
 }
 
 impl AcceptLoop {
-    pub async fn stopped(self) {
+    /// Resolves when the accept loop has stopped (after draining began).
+    pub async fn stopped(&mut self) {
         // An error means the thread ended without signalling, which is a stop too.
-        let _ = self.stopped.await;
+        let _ = (&mut self.stopped).await;
+    }
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.abandoned.cancel();
     }
 }
 
@@ -113,6 +124,8 @@ pub fn spawn(
         .enable_all()
         .build()?;
     let (done, stopped) = oneshot::channel();
+    let abandoned = CancellationToken::new();
+    let abandoned_by_owner = abandoned.clone();
     std::thread::Builder::new()
         .name("smtp-accept".into())
         .spawn(move || {
@@ -124,6 +137,7 @@ pub fn spawn(
                             shared,
                             sessions,
                             sessions_on,
+                            abandoned: abandoned_by_owner,
                         }
                         .run()
                         .await
@@ -133,7 +147,7 @@ pub fn spawn(
             });
             let _ = done.send(());
         })?;
-    Ok(AcceptLoop { stopped })
+    Ok(AcceptLoop { stopped, abandoned })
 }
 
 struct Listener {
@@ -141,6 +155,7 @@ struct Listener {
     shared: Arc<Shared>,
     sessions: TaskTracker,
     sessions_on: Handle,
+    abandoned: CancellationToken,
 }
 
 impl Listener {
@@ -151,6 +166,7 @@ impl Listener {
             let accepted = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.draining.cancelled() => break,
+                _ = self.abandoned.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let (socket, peer) = match accepted {
