@@ -154,7 +154,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// A fixed place that the server and `smtp-server healthcheck` agree on without being
 /// told, in the same host or container.
-pub const DEFAULT_ADMIN_ADDR_FILE: &str = "/tmp/smtp-server-admin.addr";
+const DEFAULT_ADMIN_ADDR_FILE: &str = "/tmp/smtp-server-admin.addr";
 
 impl Default for Config {
     fn default() -> Self {
@@ -223,33 +223,6 @@ pub enum ConfigError {
 
 /// The per-IP rate follows a changed global rate unless it is set itself.
 const PER_IP_RATE: &str = "max_requests_per_window_per_ip";
-
-impl Config {
-    /// Adds a flag and an `SMTP_<KEY>` environment variable for every key to `command`,
-    /// each help text ending with the key's real default.
-    pub fn add_args(command: Command) -> Command {
-        let defaults = default_texts();
-        // augment_args would also put Config's doc comment in place of the command's own.
-        let about = command.get_about().cloned();
-        let long_about = command.get_long_about().cloned();
-        let command = Config::augment_args(command)
-            .about(about.unwrap_or_default())
-            .long_about(long_about.unwrap_or_default());
-        command.mut_args(|arg| {
-            let id = arg.get_id().to_string();
-            if !is_key(&id) {
-                return arg;
-            }
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            let help = match defaults.get(&id) {
-                Some(default) => format!("{help} [default: {default}]"),
-                None => help,
-            };
-            // Unset keys keep the file's value or the default, so no key is required.
-            arg.required(false).env(env_name(&id)).help(help)
-        })
-    }
-}
 
 /// `SMTP_<KEY>`: the environment variable for a key.
 fn env_name(key: &str) -> String {
@@ -331,6 +304,32 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Adds a flag and an `SMTP_<KEY>` environment variable for every key to `command`,
+    /// each help text ending with the key's real default.
+    pub fn add_args(command: Command) -> Command {
+        let defaults = default_texts();
+        // augment_args would also put Config's doc comment in place of the command's own.
+        let about = command.get_about().cloned();
+        let long_about = command.get_long_about().cloned();
+        let command = Config::augment_args(command)
+            .about(about.unwrap_or_default())
+            .long_about(long_about.unwrap_or_default());
+        let keys = keys();
+        command.mut_args(|arg| {
+            let id = arg.get_id().to_string();
+            if !keys.iter().any(|(_, key)| *key == id) {
+                return arg;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let help = match defaults.get(&id) {
+                Some(default) => format!("{help} [default: {default}]"),
+                None => help,
+            };
+            // Unset keys keep the file's value or the default, so no key is required.
+            arg.required(false).env(env_name(&id)).help(help)
+        })
+    }
+
     /// Production defaults, except: listens on 127.0.0.1 with a free port, no admin
     /// listener, `store = memory`, and connection-rate limits and the per-IP
     /// connection limit out of the way (every test client shares one IP). For
