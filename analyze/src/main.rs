@@ -11,6 +11,7 @@ mod check;
 mod compare;
 mod figures;
 mod merge;
+mod significance;
 mod tables;
 
 use std::path::{Path, PathBuf};
