@@ -490,6 +490,16 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// Where the settings warnings go, once each: a markdown document (a CI step
+    /// summary, a PR comment) carries them itself; with the table (read on a
+    /// terminal) and JSON (data) they go to stderr, which stays on the screen when
+    /// stdout is piped.
+    pub fn warnings_on_stderr(self) -> bool {
+        self != Format::Markdown
+    }
+}
+
 /// Renders the comparison.
 pub fn render(c: &Comparison, format: Format) -> String {
     match format {
@@ -536,26 +546,18 @@ pub fn render(c: &Comparison, format: Format) -> String {
                 t.add_row(cells);
             }
             let mut out = String::new();
-            let (warn, bold) = if format == Format::Markdown {
-                ("> **Warning:** ", "**")
-            } else {
-                ("WARNING: ", "")
-            };
+            let bold = if format == Format::Markdown { "**" } else { "" };
             let bullet = if format == Format::Markdown { "- " } else { "" };
             out.push_str(&format!(
                 "{bullet}base: {}\n{bullet}new:  {}\n\n",
                 c.base.join(" "),
                 c.new.join(" ")
             ));
-            for w in &c.warnings {
-                out.push_str(&format!("{warn}{w}\n"));
-                if format == Format::Markdown {
+            if !format.warnings_on_stderr() {
+                for w in &c.warnings {
                     // A blank line keeps each warning its own quote block.
-                    out.push('\n');
+                    out.push_str(&format!("> **Warning:** {w}\n\n"));
                 }
-            }
-            if !c.warnings.is_empty() {
-                out.push('\n');
             }
             out.push_str(&t.to_string());
             out.push_str("\n\n");

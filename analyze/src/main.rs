@@ -224,8 +224,10 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let base = load_all(&base)?;
     let new = load_all(&new)?;
     let comparison = compare::compare(&base, &new, &thresholds);
-    for w in &comparison.warnings {
-        eprintln!("WARNING: {w}");
+    if args.format.warnings_on_stderr() {
+        for w in &comparison.warnings {
+            eprintln!("WARNING: {w}");
+        }
     }
     out!("{}", compare::render(&comparison, args.format));
     Ok(if comparison.regressions.is_empty() {

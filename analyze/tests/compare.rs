@@ -344,6 +344,37 @@ fn different_settings_are_warned_about_loudly() {
 }
 
 #[test]
+fn each_settings_warning_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = run(dir.path(), "base.json", 1_000, 20_000);
+    let mut other = Builder::burst(&spread(1000, 1_000, 20_000), 10.0);
+    other.workers = Some(50);
+    let new = other.write(dir.path(), "new.json");
+    let warning = "the runs differ in workers";
+    let count = |text: &str| text.matches(warning).count();
+
+    // The table is for a terminal: the warning goes to stderr, not again on stdout.
+    let out = analyze(&["compare", s(&base), s(&new)]);
+    assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
+    assert_eq!(count(&out.stdout), 0, "{}", out.stdout);
+
+    // A markdown document (a CI step summary) carries it itself.
+    let out = analyze(&["compare", s(&base), s(&new), "--format", "markdown"]);
+    assert_eq!(count(&out.stdout), 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("> **Warning:** the runs differ in workers")
+    );
+    assert_eq!(count(&out.stderr), 0, "{}", out.stderr);
+
+    // JSON keeps it as data, and a person running it still sees it once.
+    let out = analyze(&["compare", s(&base), s(&new), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
+}
+
+#[test]
 fn legacy_files_compare_with_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let new = run(dir.path(), "new.json", 1_000, 20_000);
