@@ -235,6 +235,26 @@ fn line_legend(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
 }
 
+/// Radius of the marker of a one-point line.
+const LONE_POINT_RADIUS: u32 = 4;
+
+/// A line through `points`. A line of one point has no length and would draw
+/// nothing (a one-second run, a container sampled once), so such a point is drawn
+/// as a filled marker instead.
+fn line<DB: DrawingBackend>(
+    points: impl IntoIterator<Item = (f64, f64)>,
+    style: ShapeStyle,
+) -> LineSeries<DB, (f64, f64)> {
+    let points: Vec<(f64, f64)> = points.into_iter().collect();
+    let lone = points.len() == 1;
+    let series = LineSeries::new(points, if lone { style.filled() } else { style });
+    if lone {
+        series.point_size(LONE_POINT_RADIUS)
+    } else {
+        series
+    }
+}
+
 type TimeChart<'a, DB> = ChartContext<
     'a,
     DB,
@@ -297,7 +317,7 @@ impl Chart for Throughput<'_> {
         for s in self.0 {
             let c = s.color;
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result
                         .timeline
                         .iter()
@@ -308,7 +328,7 @@ impl Chart for Throughput<'_> {
                 .legend(line_legend(c, 2));
             if s.result.timeline.iter().any(|p| p.failed > 0) {
                 chart
-                    .draw_series(LineSeries::new(
+                    .draw_series(line(
                         s.result
                             .timeline
                             .iter()
@@ -339,14 +359,14 @@ impl Chart for LatencyOverTime<'_> {
         for s in self.0 {
             let c = s.color;
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result.timeline.iter().map(|p| (p.t_s as f64, p.p99_ms)),
                     c.stroke_width(2),
                 ))?
                 .label(format!("{} p99", s.name))
                 .legend(line_legend(c, 2));
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result.timeline.iter().map(|p| (p.t_s as f64, p.p50_ms)),
                     c.mix(0.6).stroke_width(1),
                 ))?
@@ -468,7 +488,7 @@ impl Chart for Spectrum<'_> {
                 (c.mix(0.6).stroke_width(1), 1)
             };
             chart
-                .draw_series(LineSeries::new(points, style))?
+                .draw_series(line(points, style))?
                 .label(label)
                 .legend(line_legend(c, width));
         }
@@ -615,7 +635,7 @@ impl Chart for Resources<'_> {
             for (i, (label, samples)) in lines.iter().enumerate() {
                 let c = color(i);
                 chart
-                    .draw_series(LineSeries::new(
+                    .draw_series(line(
                         samples.iter().map(|p| (p.t_s, value(p))),
                         c.stroke_width(2),
                     ))?
