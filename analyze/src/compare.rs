@@ -504,88 +504,85 @@ impl Format {
 pub fn render(c: &Comparison, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(c).unwrap_or_default() + "\n",
-        Format::Table | Format::Markdown => {
-            let tested = c.rows.iter().any(|r| r.test.is_some());
-            let mut header = vec!["figure", "base", "new", "change", "change %"];
-            if tested {
-                header.extend(["p", "shift (95% CI)"]);
-            }
-            header.push("verdict");
-            let mut t = new_table(&header);
-            if format == Format::Markdown {
-                t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-            }
-            for row in &c.rows {
-                let (abs, rel) = format_delta(row);
-                let label = if row.unit.is_empty() || row.unit == row.label {
-                    row.label.to_string()
-                } else {
-                    format!("{} ({})", row.label, row.unit)
-                };
-                let verdict = match (format, row.verdict) {
-                    (Format::Markdown, Verdict::Regression) => "**REGRESSION**".to_string(),
-                    (_, v) => v.label().to_string(),
-                };
-                let mut cells = vec![
-                    label,
-                    format_side(row.figure, &row.base),
-                    format_side(row.figure, &row.new),
-                    abs,
-                    rel,
-                ];
-                if tested {
-                    match &row.test {
-                        Some(test) => {
-                            cells.push(format_p(test.p_value));
-                            cells.push(format_shift(row, test));
-                        }
-                        None => cells.extend(["-".to_string(), "-".to_string()]),
-                    }
-                }
-                cells.push(verdict);
-                t.add_row(cells);
-            }
-            let mut out = String::new();
-            let bold = if format == Format::Markdown { "**" } else { "" };
-            let bullet = if format == Format::Markdown { "- " } else { "" };
-            out.push_str(&format!(
-                "{bullet}base: {}\n{bullet}new:  {}\n\n",
-                c.base.join(" "),
-                c.new.join(" ")
-            ));
-            if !format.warnings_on_stderr() {
-                for w in &c.warnings {
-                    // A blank line keeps each warning its own quote block.
-                    out.push_str(&format!("> **Warning:** {w}\n\n"));
-                }
-            }
-            out.push_str(&t.to_string());
-            out.push_str("\n\n");
-            let note = if format == Format::Markdown {
-                "> **Note:** "
-            } else {
-                "Note: "
-            };
-            for n in &c.notes {
-                out.push_str(&format!("{note}{n}\n"));
-                if format == Format::Markdown {
-                    out.push('\n');
-                }
-            }
-            if !c.notes.is_empty() && format == Format::Table {
-                out.push('\n');
-            }
-            if c.regressions.is_empty() {
-                out.push_str(&format!("{bold}No regression past the threshold.{bold}\n"));
-            } else {
-                out.push_str(&format!(
-                    "{bold}Regression{bold} in {}.\n",
-                    c.regressions.join(", ")
-                ));
-            }
-            out
+        Format::Table => render_text(c, false),
+        Format::Markdown => render_text(c, true),
+    }
+}
+
+/// The sources, the markdown document's warnings, the table, the notes and the
+/// outcome.
+fn render_text(c: &Comparison, markdown: bool) -> String {
+    let (bullet, bold, note) = if markdown {
+        ("- ", "**", "> **Note:** ")
+    } else {
+        ("", "", "Note: ")
+    };
+    let mut out = format!(
+        "{bullet}base: {}\n{bullet}new:  {}\n\n",
+        c.base.join(" "),
+        c.new.join(" ")
+    );
+    if markdown {
+        for w in &c.warnings {
+            // A blank line keeps each warning its own quote block.
+            out.push_str(&format!("> **Warning:** {w}\n\n"));
         }
     }
+    out.push_str(&figures_table(c, markdown).to_string());
+    out.push_str("\n\n");
+    for n in &c.notes {
+        out.push_str(&format!("{note}{n}\n\n"));
+    }
+    if c.regressions.is_empty() {
+        out.push_str(&format!("{bold}No regression past the threshold.{bold}\n"));
+    } else {
+        out.push_str(&format!(
+            "{bold}Regression{bold} in {}.\n",
+            c.regressions.join(", ")
+        ));
+    }
+    out
+}
+
+/// One row per figure; the `p` and shift columns only when a figure was tested.
+fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
+    let tested = c.rows.iter().any(|r| r.test.is_some());
+    let mut header = vec!["figure", "base", "new", "change", "change %"];
+    if tested {
+        header.extend(["p", "shift (95% CI)"]);
+    }
+    header.push("verdict");
+    let mut t = new_table(&header);
+    if markdown {
+        t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    }
+    for row in &c.rows {
+        let (abs, rel) = format_delta(row);
+        let label = if row.unit.is_empty() || row.unit == row.label {
+            row.label.to_string()
+        } else {
+            format!("{} ({})", row.label, row.unit)
+        };
+        let mut cells = vec![
+            label,
+            format_side(row.figure, &row.base),
+            format_side(row.figure, &row.new),
+            abs,
+            rel,
+        ];
+        if tested {
+            match &row.test {
+                Some(test) => cells.extend([format_p(test.p_value), format_shift(row, test)]),
+                None => cells.extend(["-".to_string(), "-".to_string()]),
+            }
+        }
+        cells.push(match (markdown, row.verdict) {
+            (true, Verdict::Regression) => "**REGRESSION**".to_string(),
+            (_, v) => v.label().to_string(),
+        });
+        t.add_row(cells);
+    }
+    t
 }
 
 #[cfg(test)]
