@@ -9,7 +9,8 @@
 //! - The size of the change is the Hodges–Lehmann estimate (the median of every
 //!   pairwise difference new − base) with its distribution-free confidence
 //!   interval, read off the same U distribution the test uses, so the interval
-//!   leaves out 0 when the test finds a difference and holds it when not. A
+//!   leaves out 0 when the test finds a difference and holds it when not (exactly
+//!   so for the exact test, up to rounding for the approximation). A
 //!   bootstrap was not chosen: with 3–10 runs a side it resamples too few values
 //!   to be trusted, and its interval would change from one invocation to the next.
 //!
@@ -18,7 +19,7 @@
 //! the exact p-value whenever the first sample is not the larger one, equal sizes
 //! included (4 runs fully apart from 4 others give p = 1 instead of 2/70), and it
 //! enumerates every split of the runs, which grows as C(m+n, m). The counts below
-//! come from a short recursion and serve the interval as well.
+//! come from a short product of polynomials and serve the interval as well.
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
