@@ -33,7 +33,7 @@ pub const PHASES: [&str; 8] = [
 ];
 
 /// One run of the load generator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// `stampede.result.v1`; absent in the seed generator's (PrixFixe) files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +71,7 @@ pub struct RunResult {
 }
 
 /// The headline figures of a run. The first block is PrixFixe's layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub total_messages: u64,
     pub successful_messages: u64,
@@ -125,7 +125,7 @@ pub struct LatencySummary {
 }
 
 /// How a run was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub name: String,
     /// True when the run was ended early (Ctrl-C); the figures cover what ran.
@@ -141,7 +141,7 @@ pub struct RunInfo {
     pub generator: Option<GeneratorUsage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub hostname: String,
     pub cpus: u32,
@@ -149,7 +149,7 @@ pub struct HostInfo {
 }
 
 /// What the generator itself consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorUsage {
     /// User + system CPU seconds of the generator process.
     pub cpu_seconds: f64,
@@ -160,7 +160,7 @@ pub struct GeneratorUsage {
 }
 
 /// The figures of one server of a round-robin run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerMetrics {
     /// `host:port`.
     pub address: String,
@@ -180,7 +180,7 @@ pub struct ServerMetrics {
 }
 
 /// One second of the run. `t_s` counts from the run's start (1 = the first second).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimelinePoint {
     pub t_s: u64,
     pub sent: u64,
@@ -204,7 +204,7 @@ pub struct Histograms {
 }
 
 /// One resource sample of a server container.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSample {
     /// Seconds since the run started.
     pub t_s: f64,
