@@ -376,15 +376,31 @@ impl Session {
         check(Phase::Mail, c, 2)
     }
 
-    /// QUIT, timed into `t`; then waits briefly for the server to close first.
-    pub async fn quit(mut self, t: &mut PhaseTimings) -> Result<(), Failure> {
+    /// QUIT, timed into `t`: the phase (and a message's total) ends at the 221.
+    /// Waiting for the server to close is [`Session::close`]'s job, done after the
+    /// message is recorded, so a server that keeps the socket open does not look
+    /// slower.
+    pub async fn quit(&mut self, t: &mut PhaseTimings) -> Result<(), Failure> {
         let at = Instant::now();
         self.send(Phase::Quit, b"QUIT\r\n").await?;
         let (c, _) = self.reply(Phase::Quit, false).await?;
         t.set(Phase::Quit, at);
+        check(Phase::Quit, c, 2)
+    }
+
+    /// After QUIT: waits briefly for the server to close first, so the socket's
+    /// TIME_WAIT lands on the server side and a long run does not exhaust local
+    /// ports; then drops the connection.
+    pub async fn close(mut self) {
         let mut sink = [0u8; 64];
         let _ = timeout(CLOSE_WAIT.min(self.timeout), self.reader.read(&mut sink)).await;
-        check(Phase::Quit, c, 2)
+    }
+
+    /// QUIT and close, untimed: for sessions that carry no message.
+    pub async fn quit_and_close(mut self) {
+        if self.quit(&mut PhaseTimings::default()).await.is_ok() {
+            self.close().await;
+        }
     }
 
     async fn send(&mut self, phase: Phase, bytes: &[u8]) -> Result<(), Failure> {

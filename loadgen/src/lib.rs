@@ -259,6 +259,6 @@ async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
                 report::PHASES[f.phase as usize]
             )
         })?;
-    let _ = session.quit(&mut t).await;
+    session.quit_and_close().await;
     Ok(())
 }

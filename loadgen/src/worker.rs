@@ -7,12 +7,14 @@
 //! `abort` token (the end of the drain time), which cuts whatever is in flight and
 //! counts it as `aborted`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{
@@ -51,6 +53,10 @@ struct Worker {
     shared: Arc<RunShared>,
     server: usize,
     conn: Option<Session>,
+    /// The connection that the last message ended with QUIT, waiting for the
+    /// server to close it; closed after that message is recorded, so neither its
+    /// latency nor the run's end include the wait.
+    closing: Option<Session>,
     on_conn: u32,
     /// When the connection last finished a message.
     idle_since: Instant,
@@ -65,6 +71,7 @@ pub async fn run_worker(shared: Arc<RunShared>, server: usize, seed: u64) {
         shared,
         server,
         conn: None,
+        closing: None,
         on_conn: 0,
         idle_since: Instant::now(),
         headers: Vec::with_capacity(1024),
@@ -81,30 +88,15 @@ impl Worker {
             if shared.stop.is_cancelled() || shared.abort.is_cancelled() {
                 break;
             }
-            if let Some(gates) = &shared.gates {
-                // Wait until the next message of this server falls due.
-                tokio::select! {
-                    permit = gates[self.server].acquire() => match permit {
-                        Ok(p) => p.forget(),
-                        Err(_) => break,
-                    },
-                    // Not yet due when the run was stopped: never part of the run.
-                    _ = shared.stop.cancelled() => break,
-                    _ = shared.abort.cancelled() => break,
-                }
+            if let Some(gates) = &shared.gates
+                && !self.wait_until_due(&gates[self.server]).await
+            {
+                break;
             }
             let Some(slot) = shared.plan.claim(self.server) else {
                 break;
             };
-            if self.idle_since.elapsed() > MAX_IDLE_REUSE
-                && let Some(conn) = self.conn.take()
-            {
-                let mut t = PhaseTimings::default();
-                tokio::select! {
-                    _ = conn.quit(&mut t) => {}
-                    _ = shared.abort.cancelled() => {}
-                }
-            }
+            self.retire_stale_connection(shared.gates.is_some()).await;
             let started = Instant::now();
             let late = slot
                 .due
@@ -120,6 +112,7 @@ impl Worker {
                 r = self.send(body_index, &mut timings) => Some(r),
                 _ = shared.abort.cancelled() => None,
             };
+            let finished = Instant::now();
             let outcome = outcome.unwrap_or_else(|| {
                 self.conn = None;
                 Err(Failure {
@@ -132,12 +125,11 @@ impl Worker {
             } else {
                 0
             };
-            self.idle_since = Instant::now();
             let record = MessageRecord {
                 server: self.server,
                 scheduled: slot.due,
                 started,
-                finished: Instant::now(),
+                finished,
                 timings,
                 outcome,
                 bytes,
@@ -148,18 +140,70 @@ impl Worker {
                 .lock()
                 .expect("stats lock poisoned")
                 .record(&record);
+            self.idle_since = finished;
+            // The open model closes while it waits for its next message.
+            if shared.gates.is_none()
+                && let Some(conn) = self.closing.take()
+            {
+                self.until_abort(conn.close()).await;
+            }
+        }
+        if let Some(conn) = self.closing.take() {
+            self.until_abort(conn.close()).await;
         }
         if let Some(conn) = self.conn.take() {
-            let mut t = PhaseTimings::default();
-            tokio::select! {
-                _ = conn.quit(&mut t) => {}
-                _ = shared.abort.cancelled() => {}
-            }
+            self.until_abort(conn.quit_and_close()).await;
+        }
+    }
+
+    /// Open model: waits until the next message of this server falls due, and
+    /// meanwhile tidies the connections up, so that neither the wait for a close
+    /// nor the QUIT of a stale connection delays the message (or makes it late).
+    /// False when the run ends first.
+    async fn wait_until_due(&mut self, gate: &Semaphore) -> bool {
+        let shared = Arc::clone(&self.shared);
+        tokio::select! {
+            permit = gate.acquire() => match permit {
+                Ok(p) => {
+                    p.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            never = tidy_while_idle(&mut self.closing, &mut self.conn, self.idle_since) => match never {},
+            // Not yet due when the run was stopped: never part of the run.
+            _ = shared.stop.cancelled() => false,
+            _ = shared.abort.cancelled() => false,
+        }
+    }
+
+    /// A connection idle too long is not reused. In the closed model nothing waits
+    /// between messages, so it says QUIT here, before the message starts; in the
+    /// open model [`Worker::wait_until_due`] closed it already, unless the message
+    /// fell due the moment it went stale: then it is dropped rather than make the
+    /// message wait for QUIT.
+    async fn retire_stale_connection(&mut self, open_model: bool) {
+        if self.idle_since.elapsed() <= MAX_IDLE_REUSE {
+            return;
+        }
+        if let Some(conn) = self.conn.take()
+            && !open_model
+        {
+            self.until_abort(conn.quit_and_close()).await;
+        }
+    }
+
+    /// Runs `f` unless the run is aborted first.
+    async fn until_abort(&self, f: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = f => {}
+            _ = self.shared.abort.cancelled() => {}
         }
     }
 
     /// One message on the current connection (opening one when needed), and the
-    /// connection's QUIT when the message is its last.
+    /// connection's QUIT when the message is its last. The wait for the server to
+    /// close is left in `closing`, for after the message is recorded.
     async fn send(&mut self, body_index: usize, t: &mut PhaseTimings) -> Result<u16, Failure> {
         let shared = Arc::clone(&self.shared);
         let env = &shared.envelopes[body_index];
@@ -186,12 +230,36 @@ impl Worker {
             }
         }
         if self.on_conn >= shared.msgs_per_conn
-            && let Some(conn) = self.conn.take()
+            && let Some(mut conn) = self.conn.take()
         {
             // QUIT belongs to the message that ends the session; its failure does
             // not undo a message the server already accepted.
-            let _ = conn.quit(t).await;
+            if conn.quit(t).await.is_ok() {
+                self.closing = Some(conn);
+            }
         }
         result
     }
+}
+
+/// What a worker does while it waits for its next message: finishes closing the
+/// connection the last message ended, closes the open one once it has been idle
+/// for [`MAX_IDLE_REUSE`], then waits forever. It is raced against the wait for
+/// the message, which may cut it short (dropping a connection mid-close just
+/// closes the socket).
+async fn tidy_while_idle(
+    closing: &mut Option<Session>,
+    conn: &mut Option<Session>,
+    idle_since: Instant,
+) -> Infallible {
+    if let Some(c) = closing.take() {
+        c.close().await;
+    }
+    if conn.is_some() {
+        tokio::time::sleep_until((idle_since + MAX_IDLE_REUSE).into()).await;
+        if let Some(c) = conn.take() {
+            c.quit_and_close().await;
+        }
+    }
+    std::future::pending().await
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Action, TestServer, config, run};
+use common::{Action, Options, TestServer, config, run};
 
 /// Tests that judge timing run one at a time, so they do not slow each other down.
 static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -416,4 +416,87 @@ async fn interrupting_a_run_returns_a_result_marked_interrupted() {
     );
     assert_eq!(m.total_messages, m.successful_messages + m.failed_messages);
     assert!(m.duration_seconds < 1.5);
+}
+
+#[tokio::test]
+async fn latency_ends_at_the_221_not_when_the_server_closes() {
+    let _serial = TIMING.lock().await;
+    // This server keeps every socket open after its 221. The generator still waits
+    // up to 200 ms for it to close first (so TIME_WAIT lands on the server), but
+    // that wait is not part of any message.
+    let server = TestServer::start_options(Options {
+        hold_after_quit: true,
+        ..Options::default()
+    })
+    .await;
+    for per_conn in ["1", "3"] {
+        let r = run(config(
+            &[server.addr],
+            &[
+                "--messages",
+                "6",
+                "--workers",
+                "1",
+                "--size",
+                "small",
+                "--msgs-per-conn",
+                per_conn,
+            ],
+        ))
+        .await;
+        let m = &r.metrics;
+        assert_eq!(m.successful_messages, 6, "--msgs-per-conn {per_conn}");
+        assert!(
+            m.latency_ms.max < 150.0,
+            "--msgs-per-conn {per_conn}: latency max {} ms includes the close",
+            m.latency_ms.max
+        );
+        assert!(m.phases_ms["quit"].p50 > 0.0, "QUIT is still timed");
+        for p in &r.timeline {
+            assert!(p.p99_ms < 150.0, "timeline p99 {} ms", p.p99_ms);
+        }
+    }
+}
+
+#[tokio::test]
+async fn closing_an_idle_connection_does_not_make_the_next_send_late() {
+    // Two sends 11.1 s apart on one reused connection: by the second it has been
+    // idle past the 10 s reuse limit and is closed and reopened. Its QUIT (and the
+    // wait for this server, which never closes first) must not delay the send.
+    let server = TestServer::start_options(Options {
+        hold_after_quit: true,
+        ..Options::default()
+    })
+    .await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--mode",
+            "sustained",
+            "--rate",
+            "0.09",
+            "--duration",
+            "22",
+            "--workers",
+            "1",
+            "--msgs-per-conn",
+            "5",
+            "--late-tolerance-ms",
+            "100",
+            "--size",
+            "small",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.successful_messages, 2);
+    assert_eq!(
+        m.late_sends, 0,
+        "the idle connection's QUIT made a send late"
+    );
+    // The preflight check, the first session, and the one after the idle close.
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
 }
