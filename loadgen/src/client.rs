@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub use report::Phase;
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,28 +26,20 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// TIME_WAIT lands on the server side and a long run does not exhaust local ports.
 const CLOSE_WAIT: Duration = Duration::from_millis(200);
 
-/// The protocol phases of a message, in order (index into `report::PHASES`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Connect = 0,
-    Banner = 1,
-    Ehlo = 2,
-    Mail = 3,
-    Rcpt = 4,
-    Data = 5,
-    Eod = 6,
-    Quit = 7,
-}
-
 /// Duration of each phase a message went through, microseconds.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PhaseTimings(pub [Option<u64>; 8]);
+pub struct PhaseTimings(pub [Option<u64>; Phase::COUNT]);
 
 impl PhaseTimings {
     fn set(&mut self, phase: Phase, since: Instant) -> Instant {
         let now = Instant::now();
-        self.0[phase as usize] = Some(micros(now - since));
+        self.0[phase.index()] = Some(micros(now - since));
         now
+    }
+
+    /// How long `phase` took, if it got its reply.
+    pub fn get(&self, phase: Phase) -> Option<u64> {
+        self.0[phase.index()]
     }
 }
 

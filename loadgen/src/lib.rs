@@ -252,13 +252,7 @@ async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
     let mut t = PhaseTimings::default();
     let session = Session::open(addr, &settings, &env, &mut t)
         .await
-        .map_err(|f| {
-            anyhow::anyhow!(
-                "{} ({})",
-                f.kind.describe(),
-                report::PHASES[f.phase as usize]
-            )
-        })?;
+        .map_err(|f| anyhow::anyhow!("{} ({})", f.kind.describe(), f.phase))?;
     session.quit_and_close().await;
     Ok(())
 }

@@ -120,7 +120,7 @@ impl Worker {
                     kind: FailureKind::Aborted,
                 })
             });
-            let bytes = if timings.0[Phase::Eod as usize].is_some() {
+            let bytes = if timings.get(Phase::Eod).is_some() {
                 (self.headers.len() + shared.factory.bodies()[body_index].content_len()) as u64
             } else {
                 0

@@ -11,6 +11,7 @@
 mod error;
 mod histogram;
 mod io;
+mod phase;
 
 use std::collections::BTreeMap;
 
@@ -23,14 +24,10 @@ pub use histogram::{
     new_latency_histogram, record_latency,
 };
 pub use io::{load, load_str};
+pub use phase::{PHASES, Phase};
 
 /// The value of the `schema` key in every result Stampede writes.
 pub const SCHEMA_V1: &str = "stampede.result.v1";
-
-/// Names of the per-message phases, in protocol order (keys of `phases_ms`).
-pub const PHASES: [&str; 8] = [
-    "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit",
-];
 
 /// One run of the load generator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
