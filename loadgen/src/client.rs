@@ -66,17 +66,18 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// The `error_breakdown` key: the code, or the class of failure.
-    pub fn key(self) -> ErrorKey {
+    /// The class of a failure other than a reply, the first half of its
+    /// `<class>:<phase>` key.
+    fn class(self) -> &'static str {
         match self {
-            FailureKind::Reply(c) => ErrorKey::Code(c),
-            FailureKind::ConnectionRefused => ErrorKey::Class("connection_refused"),
-            FailureKind::ConnectionReset => ErrorKey::Class("connection_reset"),
-            FailureKind::ConnectionClosed => ErrorKey::Class("connection_closed"),
-            FailureKind::Timeout => ErrorKey::Class("timeout"),
-            FailureKind::Protocol => ErrorKey::Class("protocol_error"),
-            FailureKind::Io => ErrorKey::Class("io_error"),
-            FailureKind::Aborted => ErrorKey::Class("aborted"),
+            FailureKind::Reply(_) => "reply",
+            FailureKind::ConnectionRefused => "refused",
+            FailureKind::ConnectionReset => "reset",
+            FailureKind::ConnectionClosed => "closed",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Io => "io",
+            FailureKind::Aborted => "aborted",
         }
     }
 
@@ -119,18 +120,20 @@ impl FailureKind {
     }
 }
 
-/// A key of `error_breakdown` / `replies`, kept allocation-free until the end.
+/// A key of `error_breakdown`, kept allocation-free until the end: a reply code
+/// (`421`), or a failure class and the phase it happened in (`timeout:banner`,
+/// `refused:connect`), so a stalled accept queue and a slow disk read apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKey {
     Code(u16),
-    Class(&'static str),
+    Class(&'static str, Phase),
 }
 
 impl std::fmt::Display for ErrorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ErrorKey::Code(c) => write!(f, "{c}"),
-            ErrorKey::Class(s) => f.write_str(s),
+            ErrorKey::Class(class, phase) => write!(f, "{class}:{phase}"),
         }
     }
 }
@@ -142,6 +145,14 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The `error_breakdown` key: the reply code, or `<class>:<phase>`.
+    pub fn key(&self) -> ErrorKey {
+        match self.kind {
+            FailureKind::Reply(c) => ErrorKey::Code(c),
+            kind => ErrorKey::Class(kind.class(), self.phase),
+        }
+    }
+
     /// The connection cannot be used after this failure.
     pub fn kills_connection(&self) -> bool {
         !matches!(self.kind, FailureKind::Reply(c) if c != 421)
@@ -483,14 +494,24 @@ mod tests {
 
     #[test]
     fn failures_have_stable_keys() {
-        assert_eq!(FailureKind::Reply(421).key().to_string(), "421");
-        assert_eq!(FailureKind::Timeout.key().to_string(), "timeout");
-        assert!(FailureKind::ConnectionRefused.is_connection_error());
-        assert!(!FailureKind::Timeout.is_connection_error());
         let f = |kind| Failure {
             phase: Phase::Mail,
             kind,
         };
+        let at = |phase, kind| Failure { phase, kind }.key().to_string();
+        assert_eq!(f(FailureKind::Reply(421)).key().to_string(), "421");
+        assert_eq!(at(Phase::Banner, FailureKind::Timeout), "timeout:banner");
+        assert_eq!(at(Phase::Eod, FailureKind::Timeout), "timeout:eod");
+        assert_eq!(
+            at(Phase::Connect, FailureKind::ConnectionRefused),
+            "refused:connect"
+        );
+        assert_eq!(
+            at(Phase::Data, FailureKind::ConnectionClosed),
+            "closed:data"
+        );
+        assert!(FailureKind::ConnectionRefused.is_connection_error());
+        assert!(!FailureKind::Timeout.is_connection_error());
         assert!(!f(FailureKind::Reply(550)).kills_connection());
         assert!(f(FailureKind::Reply(421)).kills_connection());
         assert!(f(FailureKind::Timeout).kills_connection());

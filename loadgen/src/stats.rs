@@ -60,7 +60,7 @@ impl Counts {
                 if f.kind == crate::client::FailureKind::Timeout {
                     self.timeouts += 1;
                 }
-                *self.errors.entry(f.kind.key()).or_default() += 1;
+                *self.errors.entry(f.key()).or_default() += 1;
             }
         }
     }

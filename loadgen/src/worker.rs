@@ -108,6 +108,7 @@ impl Worker {
                 .factory
                 .write_headers(&mut self.headers, slot.seq, &self.clock);
             let mut timings = PhaseTimings::default();
+            let reused = self.conn.is_some();
             let outcome = tokio::select! {
                 r = self.send(body_index, &mut timings) => Some(r),
                 _ = shared.abort.cancelled() => None,
@@ -116,7 +117,7 @@ impl Worker {
             let outcome = outcome.unwrap_or_else(|| {
                 self.conn = None;
                 Err(Failure {
-                    phase: Phase::Eod,
+                    phase: unfinished_phase(&timings, reused),
                     kind: FailureKind::Aborted,
                 })
             });
@@ -262,4 +263,16 @@ async fn tidy_while_idle(
         }
     }
     std::future::pending().await
+}
+
+/// The phase a message was in when the drain time cut it: the one after the last
+/// phase that got its reply (a message on a reused connection begins at MAIL).
+fn unfinished_phase(t: &PhaseTimings, reused: bool) -> Phase {
+    let first = if reused { Phase::Mail } else { Phase::Connect };
+    Phase::ALL
+        .iter()
+        .rev()
+        .find(|&&p| t.get(p).is_some())
+        .map_or(Some(first), |p| p.next())
+        .unwrap_or(Phase::Quit)
 }

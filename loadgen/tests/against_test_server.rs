@@ -169,7 +169,7 @@ async fn failures_are_classified_by_code_and_the_run_goes_on() {
     assert_eq!(m.error_breakdown.get("451"), Some(&1));
     assert_eq!(m.error_breakdown.get("554"), Some(&1));
     assert_eq!(m.error_breakdown.get("421"), Some(&1));
-    assert_eq!(m.error_breakdown.get("connection_closed"), Some(&1));
+    assert_eq!(m.error_breakdown.get("closed:eod"), Some(&1));
     assert_eq!(m.connection_errors, 1);
     assert_eq!(r.per_server[0].failed_messages, 4);
     // Connections: 0-4 (the 451 is RSET and the session goes on), 5-7 (ends with
@@ -226,10 +226,7 @@ async fn refused_connections_are_counted_not_fatal_without_preflight() {
     .await;
     assert_eq!(r.metrics.failed_messages, 5);
     assert_eq!(r.metrics.connection_errors, 5);
-    assert_eq!(
-        r.metrics.error_breakdown.get("connection_refused"),
-        Some(&5)
-    );
+    assert_eq!(r.metrics.error_breakdown.get("refused:connect"), Some(&5));
 }
 
 #[tokio::test]
@@ -499,4 +496,89 @@ async fn closing_an_idle_connection_does_not_make_the_next_send_late() {
         server.connections.load(std::sync::atomic::Ordering::SeqCst),
         3
     );
+}
+
+#[tokio::test]
+async fn timeouts_say_in_which_phase_they_happened() {
+    // A server whose accept queue holds the connection but never greets.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = mute.accept().await {
+            held.push(sock);
+        }
+    });
+    let r = run(config(
+        &[mute_addr],
+        &[
+            "--messages",
+            "2",
+            "--workers",
+            "1",
+            "--timeout",
+            "0.3",
+            "--no-preflight",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.timeouts, 2);
+    assert_eq!(m.connection_errors, 0);
+    assert_eq!(m.error_breakdown.get("timeout:banner"), Some(&2), "{m:?}");
+    assert_eq!(
+        r.per_server[0].error_breakdown.get("timeout:banner"),
+        Some(&2)
+    );
+
+    // A server that is slow to take a message (a slow disk, say).
+    let script: common::Script = Arc::new(|n| {
+        if n == 1 {
+            Action::Stall(Duration::from_secs(2))
+        } else {
+            Action::Accept
+        }
+    });
+    let slow = TestServer::start(script).await;
+    let r = run(config(
+        &[slow.addr],
+        &["--messages", "3", "--workers", "1", "--timeout", "0.3"],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!((m.successful_messages, m.timeouts), (2, 1));
+    assert_eq!(m.error_breakdown.get("timeout:eod"), Some(&1), "{m:?}");
+    assert_eq!(m.error_breakdown.len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_cut_by_the_drain_time_says_where_it_was() {
+    let _serial = TIMING.lock().await;
+    let script: common::Script = Arc::new(|n| {
+        if n == 4 {
+            Action::Stall(Duration::from_secs(3))
+        } else {
+            Action::Accept
+        }
+    });
+    let server = TestServer::start(script).await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--mode",
+            "sustained",
+            "--rate",
+            "10",
+            "--duration",
+            "0.5",
+            "--drain-timeout",
+            "0.3",
+            "--size",
+            "small",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!((m.successful_messages, m.failed_messages), (4, 1));
+    assert_eq!(m.error_breakdown.get("aborted:eod"), Some(&1), "{m:?}");
 }

@@ -81,7 +81,8 @@ pub struct Metrics {
     pub messages_per_second: f64,
     /// Latency of the whole transaction, milliseconds.
     pub latency_ms: LatencySummary,
-    /// Failures by reply code (`"421"`) or class (`"connection_refused"`, `"timeout"`).
+    /// Failures by reply code (`"421"`) or `<class>:<phase>` (`"refused:connect"`,
+    /// `"timeout:banner"`); older files have bare classes (`"timeout"`).
     pub error_breakdown: BTreeMap<String, u64>,
     /// RFC 3339 (`2026-11-22T12:00:00Z`); PrixFixe wrote naive local timestamps.
     pub start_time: String,

@@ -263,14 +263,18 @@ async fn session(
     }
 }
 
-/// A config for tests: quiet, fast timeouts, the given extra flags.
+/// A config for tests: quiet, fast timeouts (unless `extra` sets one), the given
+/// extra flags.
 pub fn config(servers: &[SocketAddr], extra: &[&str]) -> loadgen::Config {
     let list = servers
         .iter()
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let mut args = vec!["loadgen", "--servers", &list, "--quiet", "--timeout", "5"];
+    let mut args = vec!["loadgen", "--servers", &list, "--quiet"];
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "5"]);
+    }
     args.extend_from_slice(extra);
     loadgen::Config::from_cli(args).unwrap()
 }
