@@ -291,6 +291,14 @@ fn seconds(flag: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, C
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A flag given in milliseconds, checked and reported in milliseconds.
+fn millis(flag: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(0.0..=max).contains(&v) {
+        return Err(invalid(flag, format!("{v} is outside 0..={max} ms")));
+    }
+    Ok(Duration::from_secs_f64(v / 1000.0))
+}
+
 fn mailbox(
     flag: &'static str,
     v: &str,
@@ -384,7 +392,7 @@ impl Config {
             return Err(invalid("rcpts", format!("must be 1..={MAX_RCPTS}")));
         }
         let timeout = seconds("timeout", a.timeout, 0.001, 3600.0)?;
-        let late_tolerance = seconds("late-tolerance-ms", a.late_tolerance_ms / 1000.0, 0.0, 60.0)?;
+        let late_tolerance = millis("late-tolerance-ms", a.late_tolerance_ms, 60_000.0)?;
         if a.threads > 1024 {
             return Err(invalid("threads", "must be 0..=1024"));
         }

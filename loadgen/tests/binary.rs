@@ -48,6 +48,28 @@ fn a_bad_flag_value_names_the_flag_and_fails() {
 }
 
 #[test]
+fn an_out_of_range_value_is_quoted_as_given() {
+    let out = Command::new(BIN)
+        .args([
+            "--servers",
+            "127.0.0.1",
+            "--mode",
+            "sustained",
+            "--late-tolerance-ms",
+            "70000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--late-tolerance-ms") && err.contains("70000") && err.contains("60000 ms"),
+        "{err}"
+    );
+    assert!(!err.contains("70 is"), "{err}");
+}
+
+#[test]
 fn an_unreachable_server_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("r.json");
