@@ -159,9 +159,9 @@ impl Failure {
     }
 }
 
-/// The settings a session needs.
+/// What every connection of a run is opened with (from the flags).
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
+pub struct ClientSettings {
     pub helo: String,
     pub from: String,
     pub recipients: Vec<String>,
@@ -169,22 +169,24 @@ pub struct SessionSettings {
     pub pipelining: bool,
 }
 
-/// Commands prepared once per run: `MAIL FROM`, the `RCPT TO`s, `DATA`.
+/// The command lines a connection sends, built once per run (and message size)
+/// so the hot path only copies bytes: `EHLO`, `MAIL FROM` with `SIZE=`, the
+/// `RCPT TO`s.
 #[derive(Debug, Clone)]
-pub struct Envelope {
+pub struct PreparedCommands {
     ehlo: Vec<u8>,
     mail: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
 }
 
-impl Envelope {
-    pub fn new(s: &SessionSettings, message_size: Option<u64>) -> Self {
+impl PreparedCommands {
+    pub fn new(s: &ClientSettings, message_size: Option<u64>) -> Self {
         let mail = match message_size {
             // RFC 1870: declare the size so a server can refuse early.
             Some(n) => format!("MAIL FROM:<{}> SIZE={n}\r\n", s.from),
             None => format!("MAIL FROM:<{}>\r\n", s.from),
         };
-        Envelope {
+        PreparedCommands {
             ehlo: format!("EHLO {}\r\n", s.helo).into_bytes(),
             mail: mail.into_bytes(),
             rcpts: s
@@ -196,8 +198,8 @@ impl Envelope {
     }
 }
 
-/// An open SMTP session, after a successful EHLO.
-pub struct Session {
+/// The client side of an open SMTP connection, after a successful EHLO.
+pub struct SmtpConnection {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     line: Vec<u8>,
@@ -235,14 +237,14 @@ fn expect(code: u16, class: u16) -> Result<(), FailureKind> {
     }
 }
 
-impl Session {
+impl SmtpConnection {
     /// Connects, reads the banner and says EHLO, timing each step into `t`.
     pub async fn open(
         addr: SocketAddr,
-        s: &SessionSettings,
-        env: &Envelope,
+        s: &ClientSettings,
+        cmds: &PreparedCommands,
         t: &mut PhaseTimings,
-    ) -> Result<Session, Failure> {
+    ) -> Result<SmtpConnection, Failure> {
         let start = Instant::now();
         let stream = timed(s.timeout, Phase::Connect, async {
             TcpStream::connect(addr).await.map_err(io)
@@ -251,7 +253,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let mut at = t.set(Phase::Connect, start);
         let (r, w) = stream.into_split();
-        let mut session = Session {
+        let mut session = SmtpConnection {
             reader: BufReader::new(r),
             writer: BufWriter::with_capacity(WRITE_BUFFER, w),
             line: Vec::with_capacity(256),
@@ -267,17 +269,12 @@ impl Session {
                 kind: FailureKind::Reply(code),
             });
         }
-        session.send(Phase::Ehlo, &env.ehlo).await?;
+        session.send(Phase::Ehlo, &cmds.ehlo).await?;
         let (code, pipelining) = session.reply(Phase::Ehlo, true).await?;
         t.set(Phase::Ehlo, at);
         check(Phase::Ehlo, code, 2)?;
         session.pipelining = s.pipelining && pipelining;
         Ok(session)
-    }
-
-    /// Whether MAIL/RCPT/DATA go out in one write.
-    pub fn pipelining(&self) -> bool {
-        self.pipelining
     }
 
     /// After this failure, can the session carry another transaction?
@@ -290,7 +287,7 @@ impl Session {
     /// code it returns.
     pub async fn transaction(
         &mut self,
-        env: &Envelope,
+        cmds: &PreparedCommands,
         headers: &[u8],
         body: &[u8],
         t: &mut PhaseTimings,
@@ -298,13 +295,13 @@ impl Session {
         let mut at = Instant::now();
         if self.pipelining {
             self.writer
-                .write_all(&env.mail)
+                .write_all(&cmds.mail)
                 .await
                 .map_err(|e| Failure {
                     phase: Phase::Mail,
                     kind: io(e),
                 })?;
-            for r in &env.rcpts {
+            for r in &cmds.rcpts {
                 self.writer.write_all(r).await.map_err(|e| Failure {
                     phase: Phase::Rcpt,
                     kind: io(e),
@@ -316,7 +313,7 @@ impl Session {
             closing(Phase::Mail, mail)?;
             at = t.set(Phase::Mail, at);
             let mut rcpt_fail = None;
-            for _ in &env.rcpts {
+            for _ in &cmds.rcpts {
                 let (c, _) = self.reply(Phase::Rcpt, false).await?;
                 closing(Phase::Rcpt, c)?;
                 if c / 100 != 2 && rcpt_fail.is_none() {
@@ -344,11 +341,11 @@ impl Session {
             }
             check(Phase::Data, data, 3)?;
         } else {
-            self.send(Phase::Mail, &env.mail).await?;
+            self.send(Phase::Mail, &cmds.mail).await?;
             let (c, _) = self.reply(Phase::Mail, false).await?;
             at = t.set(Phase::Mail, at);
             check(Phase::Mail, c, 2)?;
-            for r in &env.rcpts {
+            for r in &cmds.rcpts {
                 self.send(Phase::Rcpt, r).await?;
                 let (c, _) = self.reply(Phase::Rcpt, false).await?;
                 check(Phase::Rcpt, c, 2)?;
@@ -382,7 +379,7 @@ impl Session {
     }
 
     /// QUIT, timed into `t`: the phase (and a message's total) ends at the 221.
-    /// Waiting for the server to close is [`Session::close`]'s job, done after the
+    /// Waiting for the server to close is [`SmtpConnection::close`]'s job, done after
     /// message is recorded, so a server that keeps the socket open does not look
     /// slower.
     pub async fn quit(&mut self, t: &mut PhaseTimings) -> Result<(), Failure> {

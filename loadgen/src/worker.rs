@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{
-    Envelope, Failure, FailureKind, Phase, PhaseTimings, Session, SessionSettings,
+    ClientSettings, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands, SmtpConnection,
 };
 use crate::message::{DateClock, MessageFactory};
 use crate::schedule::Plan;
@@ -33,10 +33,10 @@ const MAX_IDLE_REUSE: Duration = Duration::from_secs(10);
 pub struct RunShared {
     pub plan: Plan,
     pub addrs: Vec<SocketAddr>,
-    pub settings: SessionSettings,
+    pub settings: ClientSettings,
     pub factory: MessageFactory,
     /// One per prepared body (they differ in `SIZE=`).
-    pub envelopes: Vec<Envelope>,
+    pub commands: Vec<PreparedCommands>,
     pub msgs_per_conn: u32,
     pub late_tolerance: Duration,
     pub stats: Mutex<Stats>,
@@ -52,11 +52,11 @@ pub struct RunShared {
 struct Worker {
     shared: Arc<RunShared>,
     server: usize,
-    conn: Option<Session>,
+    conn: Option<SmtpConnection>,
     /// The connection that the last message ended with QUIT, waiting for the
     /// server to close it; closed after that message is recorded, so neither its
     /// latency nor the run's end include the wait.
-    closing: Option<Session>,
+    closing: Option<SmtpConnection>,
     on_conn: u32,
     /// When the connection last finished a message.
     idle_since: Instant,
@@ -207,15 +207,16 @@ impl Worker {
     /// close is left in `closing`, for after the message is recorded.
     async fn send(&mut self, body_index: usize, t: &mut PhaseTimings) -> Result<u16, Failure> {
         let shared = Arc::clone(&self.shared);
-        let env = &shared.envelopes[body_index];
+        let cmds = &shared.commands[body_index];
         if self.conn.is_none() {
-            let s = Session::open(shared.addrs[self.server], &shared.settings, env, t).await?;
+            let s =
+                SmtpConnection::open(shared.addrs[self.server], &shared.settings, cmds, t).await?;
             self.conn = Some(s);
             self.on_conn = 0;
         }
         let conn = self.conn.as_mut().expect("connection just opened");
         let body = &shared.factory.bodies()[body_index].wire;
-        let result = conn.transaction(env, &self.headers, body, t).await;
+        let result = conn.transaction(cmds, &self.headers, body, t).await;
         self.on_conn += 1;
         match &result {
             Ok(_) => {}
@@ -249,8 +250,8 @@ impl Worker {
 /// the message, which may cut it short (dropping a connection mid-close just
 /// closes the socket).
 async fn tidy_while_idle(
-    closing: &mut Option<Session>,
-    conn: &mut Option<Session>,
+    closing: &mut Option<SmtpConnection>,
+    conn: &mut Option<SmtpConnection>,
     idle_since: Instant,
 ) -> Infallible {
     if let Some(c) = closing.take() {
