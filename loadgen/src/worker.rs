@@ -21,7 +21,7 @@ use crate::client::{
     ClientSettings, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands, SmtpConnection,
 };
 use crate::message::{DateClock, MessageFactory};
-use crate::schedule::Plan;
+use crate::schedule::{Plan, Slot};
 use crate::stats::{MessageRecord, Stats};
 
 /// A connection idle longer than this is closed and reopened rather than reused:
@@ -97,51 +97,13 @@ impl Worker {
                 break;
             };
             self.retire_stale_connection(shared.gates.is_some()).await;
-            let started = Instant::now();
-            let late = slot
-                .due
-                .is_some_and(|d| started > d + shared.late_tolerance);
-
-            let body_index = shared.factory.pick(&mut self.rng);
-            self.clock.refresh();
-            shared
-                .factory
-                .write_headers(&mut self.headers, slot.seq, &self.clock);
-            let mut timings = PhaseTimings::default();
-            let reused = self.conn.is_some();
-            let outcome = tokio::select! {
-                r = self.send(body_index, &mut timings) => Some(r),
-                _ = shared.abort.cancelled() => None,
-            };
-            let finished = Instant::now();
-            let outcome = outcome.unwrap_or_else(|| {
-                self.conn = None;
-                Err(Failure {
-                    phase: unfinished_phase(&timings, reused),
-                    kind: FailureKind::Aborted,
-                })
-            });
-            let bytes = if timings.get(Phase::Eod).is_some() {
-                (self.headers.len() + shared.factory.bodies()[body_index].content_len()) as u64
-            } else {
-                0
-            };
-            let record = MessageRecord {
-                server: self.server,
-                scheduled: slot.due,
-                started,
-                finished,
-                timings,
-                outcome,
-                bytes,
-                late,
-            };
+            let record = self.message(slot).await;
             shared
                 .stats
                 .lock()
                 .expect("stats lock poisoned")
                 .record(&record);
-            self.idle_since = finished;
+            self.idle_since = record.finished;
             // The open model closes while it waits for its next message.
             if shared.gates.is_none()
                 && let Some(conn) = self.closing.take()
@@ -154,6 +116,50 @@ impl Worker {
         }
         if let Some(conn) = self.conn.take() {
             self.until_abort(conn.quit_and_close()).await;
+        }
+    }
+
+    /// Sends the message of `slot` and measures it. Its time ends at its last
+    /// reply; what follows (the wait for the server to close) is not part of it.
+    async fn message(&mut self, slot: Slot) -> MessageRecord {
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        let late = slot
+            .due
+            .is_some_and(|d| started > d + shared.late_tolerance);
+        let body_index = shared.factory.pick(&mut self.rng);
+        self.clock.refresh();
+        shared
+            .factory
+            .write_headers(&mut self.headers, slot.seq, &self.clock);
+        let mut timings = PhaseTimings::default();
+        let reused = self.conn.is_some();
+        let outcome = tokio::select! {
+            r = self.send(body_index, &mut timings) => Some(r),
+            _ = shared.abort.cancelled() => None,
+        };
+        let finished = Instant::now();
+        let outcome = outcome.unwrap_or_else(|| {
+            self.conn = None;
+            Err(Failure {
+                phase: unfinished_phase(&timings, reused),
+                kind: FailureKind::Aborted,
+            })
+        });
+        let bytes = if timings.get(Phase::Eod).is_some() {
+            (self.headers.len() + shared.factory.bodies()[body_index].content_len()) as u64
+        } else {
+            0
+        };
+        MessageRecord {
+            server: self.server,
+            scheduled: slot.due,
+            started,
+            finished,
+            timings,
+            outcome,
+            bytes,
+            late,
         }
     }
 
