@@ -30,7 +30,7 @@ pub use phase::{PHASES, Phase};
 pub const SCHEMA_V1: &str = "stampede.result.v1";
 
 /// One run of the load generator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// `stampede.result.v1`; absent in the seed generator's (PrixFixe) files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,7 +68,7 @@ pub struct RunResult {
 }
 
 /// The headline figures of a run. The first block is PrixFixe's layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub total_messages: u64,
     pub successful_messages: u64,
@@ -123,7 +123,7 @@ pub struct LatencySummary {
 }
 
 /// How a run was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub name: String,
     /// True when the run was ended early (Ctrl-C); the figures cover what ran.
@@ -139,7 +139,7 @@ pub struct RunInfo {
     pub generator: Option<GeneratorUsage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub hostname: String,
     pub cpus: u32,
@@ -147,7 +147,7 @@ pub struct HostInfo {
 }
 
 /// What the generator itself consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorUsage {
     /// User + system CPU seconds of the generator process.
     pub cpu_seconds: f64,
@@ -158,7 +158,7 @@ pub struct GeneratorUsage {
 }
 
 /// The figures of one server of a round-robin run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerMetrics {
     /// `host:port`.
     pub address: String,
@@ -178,7 +178,7 @@ pub struct ServerMetrics {
 }
 
 /// One second of the run. `t_s` counts from the run's start (1 = the first second).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimelinePoint {
     pub t_s: u64,
     pub sent: u64,
@@ -202,7 +202,7 @@ pub struct Histograms {
 }
 
 /// One resource sample of a server container.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSample {
     /// Seconds since the run started.
     pub t_s: f64,
