@@ -542,7 +542,7 @@ async fn timeouts_say_in_which_phase_they_happened() {
     let slow = TestServer::start(script).await;
     let r = run(config(
         &[slow.addr],
-        &["--messages", "3", "--workers", "1", "--timeout", "0.3"],
+        &["--messages", "3", "--workers", "1", "--timeout", "500ms"],
     ))
     .await;
     let m = &r.metrics;
