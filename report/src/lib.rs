@@ -11,6 +11,7 @@
 mod error;
 mod histogram;
 mod io;
+mod phase;
 
 use std::collections::BTreeMap;
 
@@ -23,14 +24,10 @@ pub use histogram::{
     new_latency_histogram, record_latency,
 };
 pub use io::{load, load_str};
+pub use phase::{PHASES, Phase};
 
 /// The value of the `schema` key in every result Stampede writes.
 pub const SCHEMA_V1: &str = "stampede.result.v1";
-
-/// Names of the per-message phases, in protocol order (keys of `phases_ms`).
-pub const PHASES: [&str; 8] = [
-    "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit",
-];
 
 /// One run of the load generator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,7 +81,8 @@ pub struct Metrics {
     pub messages_per_second: f64,
     /// Latency of the whole transaction, milliseconds.
     pub latency_ms: LatencySummary,
-    /// Failures by reply code (`"421"`) or class (`"connection_refused"`, `"timeout"`).
+    /// Failures by reply code (`"421"`) or `<class>:<phase>` (`"refused:connect"`,
+    /// `"timeout:banner"`); older files have bare classes (`"timeout"`).
     pub error_breakdown: BTreeMap<String, u64>,
     /// RFC 3339 (`2026-11-22T12:00:00Z`); PrixFixe wrote naive local timestamps.
     pub start_time: String,
