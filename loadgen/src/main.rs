@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         }
     };
     // The main thread is shard 0; `loadgen::run` starts the others (`runtime.rs`).
-    let runtime = match loadgen::runtime::main_runtime() {
+    let runtime = match loadgen::main_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: error: cannot start the runtime: {e}");
@@ -64,7 +64,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let result = loadgen::run(config, interrupt).await?;
     result.save(&path).context("writing the result file")?;
     if !quiet {
-        print!("{}", loadgen::progress::summary(&result));
+        print!("{}", loadgen::summary(&result));
         println!("  {:<22} {}", "result", path.display());
     }
     Ok(())
