@@ -24,6 +24,7 @@ pub mod admin;
 pub mod config;
 pub mod data;
 pub mod healthcheck;
+mod input;
 pub mod limits;
 pub mod listener;
 pub mod memory;

@@ -226,11 +226,6 @@ impl Reply {
         let _ = write_line(out, self.code, ' ', self.status, &self.text);
     }
 
-    /// True for replies after which the server closes the connection.
-    pub fn closes(&self) -> bool {
-        self.code == 421 || self.code == 221
-    }
-
     pub fn ok() -> Self {
         Self::new(250, "2.0.0", "OK")
     }
@@ -364,21 +359,66 @@ pub fn greeting(domain: &str) -> Reply {
     )
 }
 
-/// Appends the multi-line EHLO reply advertising the supported extensions.
-pub fn write_ehlo(out: &mut Vec<u8>, domain: &str, client: &str, max_message_size: u64) {
-    let lines = [
-        format!("{domain} greets {client}"),
-        "PIPELINING".to_string(),
-        format!("SIZE {max_message_size}"),
-        "8BITMIME".to_string(),
-        "ENHANCEDSTATUSCODES".to_string(),
-        "SMTPUTF8".to_string(),
-        "HELP".to_string(),
-    ];
-    let last = lines.len() - 1;
-    for (i, line) in lines.iter().enumerate() {
-        let sep = if i == last { ' ' } else { '-' };
-        let _ = write_line(out, 250, sep, "", line);
+/// Everything the server says in answer to one command or message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A one-line reply.
+    Reply(Reply),
+    /// The EHLO reply: the greeting line, then one line per extension
+    /// (RFC 5321 4.1.1.1); every line but the last has `-` after the code.
+    Ehlo {
+        greeting: String,
+        max_message_size: u64,
+    },
+}
+
+impl Response {
+    pub fn ehlo(domain: &str, client: &str, max_message_size: u64) -> Self {
+        Response::Ehlo {
+            greeting: format!("{domain} greets {client}"),
+            max_message_size,
+        }
+    }
+
+    /// The reply code (the same on every line).
+    pub fn code(&self) -> u16 {
+        match self {
+            Response::Reply(reply) => reply.code,
+            Response::Ehlo { .. } => 250,
+        }
+    }
+
+    /// Appends the response, every line CRLF-terminated, to an output buffer.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Response::Reply(reply) => reply.write_to(out),
+            Response::Ehlo {
+                greeting,
+                max_message_size,
+            } => {
+                let size = format!("SIZE {max_message_size}");
+                let lines = [
+                    greeting.as_str(),
+                    "PIPELINING",
+                    &size,
+                    "8BITMIME",
+                    "ENHANCEDSTATUSCODES",
+                    "SMTPUTF8",
+                    "HELP",
+                ];
+                let last = lines.len() - 1;
+                for (i, line) in lines.iter().enumerate() {
+                    let sep = if i == last { ' ' } else { '-' };
+                    let _ = write_line(out, 250, sep, "", line);
+                }
+            }
+        }
+    }
+}
+
+impl From<Reply> for Response {
+    fn from(reply: Reply) -> Self {
+        Response::Reply(reply)
     }
 }
 
@@ -466,7 +506,7 @@ mod tests {
     #[test]
     fn ehlo_reply_lists_extensions_and_ends_with_space_line() {
         let mut out = Vec::new();
-        write_ehlo(&mut out, "mx", "client", 100);
+        Response::ehlo("mx", "client", 100).write_to(&mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("250-SIZE 100\r\n"));
         assert!(text.contains("250-PIPELINING\r\n"));
