@@ -23,6 +23,8 @@
 pub mod admin;
 pub mod config;
 pub mod data;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod healthcheck;
 mod input;
 pub mod limits;
