@@ -438,6 +438,16 @@ mod tests {
     const SESSION: &[u8] = b"EHLO fuzz.test\r\nMAIL FROM:<a@b.example> SIZE=20\r\n\
         RCPT TO:<c@d.example>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
 
+    /// The first crash of the `session` target (fuzz/artifacts/session/crash-f9f2...):
+    /// a HELO host with control characters was echoed in the 250 reply.
+    #[test]
+    fn fuzz_crash_helo_host_with_control_characters() {
+        session(
+            b"\x11\x08MAIL FROM:<a@b.example>\r\nHELO client\x03\x01EHLO client.test\r\n\
+              MAIL FROM:<sender.",
+        );
+    }
+
     #[test]
     fn a_pipelined_session_gives_the_same_replies_however_it_is_split() {
         for split in [0, 1, 2, 7, 255] {
