@@ -2,11 +2,13 @@
 # Runs the cargo-fuzz targets of the server's input path (fuzz/), one after another.
 # Not part of CI: needs nightly Rust; installs cargo-fuzz when it is missing.
 #
-#   scripts/fuzz.sh [--time DURATION] [TARGET...]
+#   scripts/fuzz.sh [--time DURATION] [TARGET...] [-- LIBFUZZER_FLAG...]
 #
 #   TARGET      command_line, data_reader, session (default: all three)
 #   --time      how long each target runs: plain seconds or 30s, 10m, 1h30m
 #               (default: 60s)
+#   -- FLAGS    passed on to libFuzzer, e.g. -- -len_control=0 to try long inputs
+#               from the start
 #
 # One libFuzzer process at a time (the default -jobs, so one core). The corpus grows
 # in fuzz/corpus/TARGET (not committed) from the committed seeds in fuzz/seeds/TARGET;
@@ -40,11 +42,13 @@ max_len() {
 
 TIME=60
 TARGETS=()
+EXTRA=()
 while (($#)); do
     case $1 in
         --time) [[ $# -ge 2 ]] || die "--time needs a value"; TIME=$(seconds "$2"); shift 2 ;;
         --time=*) TIME=$(seconds "${1#--time=}"); shift ;;
-        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n "2,17p" "$ROOT/scripts/fuzz.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --) shift; EXTRA=("$@"); break ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [[ " ${ALL[*]} " == *" $1 "* ]] || die "unknown target '$1' (targets: ${ALL[*]})"
            TARGETS+=("$1"); shift ;;
@@ -70,7 +74,7 @@ for target in "${TARGETS[@]}"; do
     # libFuzzer exits non-zero on a crash; the summary below reports it.
     cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$TIME" -max_len="$(max_len "$target")" -timeout=10 \
-        -print_final_stats=1 2>&1 | tee "$log" >&2 || true
+        -print_final_stats=1 "${EXTRA[@]}" 2>&1 | tee "$log" >&2 || true
     elapsed=$(($(date +%s) - started))
     after=$(find "artifacts/$target" -type f | wc -l)
     crashes=$((after - before))

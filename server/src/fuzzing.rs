@@ -286,20 +286,25 @@ fn shared_for(options: SessionOptions) -> (Arc<Shared>, MemoryCharge) {
     } else if options.process_memory_nearly_full {
         hold.grow(FUZZ_MEMORY_LIMIT - 100 * 1024);
     }
-    let shutdown = Shutdown::default();
+    let shared = shared(config, memory);
     if options.draining {
-        shutdown.draining.cancel();
+        shared.shutdown.draining.cancel();
     }
-    let shared = Shared {
+    (shared, hold)
+}
+
+/// Server state without listeners, for driving a [`Dialogue`] directly. Needs a
+/// store that opens without I/O (memory or discard).
+pub(crate) fn shared(config: Config, memory: Arc<MemoryBudget>) -> Arc<Shared> {
+    Arc::new(Shared {
         metrics: Metrics::new(),
         admission: Arc::new(Admission::new(&config, memory.clone())),
         store: Store::open(&config).expect("memory and discard stores open without I/O"),
         memory,
-        shutdown,
+        shutdown: Shutdown::default(),
         started: std::time::Instant::now(),
         config,
-    };
-    (Arc::new(shared), hold)
+    })
 }
 
 /// What a session run produced, for comparing runs.

@@ -52,7 +52,7 @@ impl SessionEnd {
     }
 
     /// The 421 that goes with a server-side close, if any.
-    pub fn reply(self) -> Option<Reply> {
+    fn reply(self) -> Option<Reply> {
         match self {
             SessionEnd::IdleTimeout => Some(Reply::idle_timeout()),
             SessionEnd::SessionTimeout => Some(Reply::session_timeout()),

@@ -94,9 +94,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn reply(reply: Reply) -> Self {
+    fn reply(response: impl Into<Response>) -> Self {
         Self {
-            response: reply.into(),
+            response: response.into(),
             then: Then::Continue,
         }
     }
@@ -233,10 +233,11 @@ impl Dialogue {
         match command {
             Command::Ehlo { host } => {
                 self.state = State::Ready;
-                Outcome {
-                    response: Response::ehlo(&config.domain, &host, config.max_message_size),
-                    then: Then::Continue,
-                }
+                Outcome::reply(Response::ehlo(
+                    &config.domain,
+                    &host,
+                    config.max_message_size,
+                ))
             }
             Command::Helo { host } => {
                 self.state = State::Ready;
@@ -469,4 +470,97 @@ fn keep(
     }
     body.extend_from_slice(segment);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::config::{Config, StoreKind};
+    use crate::memory::MemoryBudget;
+
+    const KIB: u64 = 1024;
+
+    fn dialogue(configure: impl FnOnce(&mut Config)) -> (Dialogue, InputBuffer, Arc<Shared>) {
+        let mut config = Config {
+            store: StoreKind::Memory,
+            ..Config::for_local_testing()
+        };
+        configure(&mut config);
+        let memory = Arc::new(MemoryBudget::new(1 << 40, 1.0, 1.0));
+        let shared = crate::fuzzing::shared(config, memory.clone());
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 2525));
+        let dialogue = Dialogue::new(shared.clone(), peer);
+        (dialogue, InputBuffer::new(memory), shared)
+    }
+
+    /// Sends `bytes` as reads would and returns every answer's code.
+    fn send(dialogue: &mut Dialogue, input: &mut InputBuffer, mut bytes: &[u8]) -> Vec<u16> {
+        let mut codes = Vec::new();
+        loop {
+            loop {
+                let outcome = match dialogue.step(input) {
+                    Step::NeedInput => break,
+                    Step::Answer(outcome) => outcome,
+                    Step::Deliver(delivery) => dialogue.stored(delivery.receipt, Ok(())),
+                };
+                codes.push(outcome.response.code());
+            }
+            if bytes.is_empty() {
+                return codes;
+            }
+            input.prepare(dialogue.expecting());
+            bytes = &bytes[input.extend_from_slice(bytes)..];
+        }
+    }
+
+    #[test]
+    fn a_message_refused_for_connection_memory_gives_its_memory_back_before_it_ends() {
+        let (mut d, mut input, shared) = dialogue(|c| c.per_connection_memory_limit = 80 * KIB);
+        let start = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
+        assert_eq!(send(&mut d, &mut input, start), [250, 250, 250, 354]);
+        // 64 KiB of input buffer leave 16 KiB for the body: 40 KB cannot be kept.
+        let body = b"x".repeat(76).into_iter().chain(*b"\r\n");
+        let body: Vec<u8> = body.cycle().take(78 * 525).collect();
+        assert_eq!(send(&mut d, &mut input, &body), Vec::<u16>::new());
+        assert!(d.in_transaction());
+        assert_eq!(shared.memory.accounted(), input.charged(), "body released");
+        assert_eq!(send(&mut d, &mut input, b".\r\n"), [552]);
+        assert_eq!(shared.stats().messages_rejected["connection_memory"], 1);
+    }
+
+    #[test]
+    fn mail_while_draining_answers_421_and_ends_the_session() {
+        let (mut d, mut input, shared) = dialogue(|_| {});
+        assert_eq!(send(&mut d, &mut input, b"EHLO c\r\n"), [250]);
+        shared.shutdown.draining.cancel();
+        input.prepare(d.expecting());
+        let _ = input.extend_from_slice(b"MAIL FROM:<a@b>\r\nNOOP\r\n");
+        let Step::Answer(outcome) = d.step(&mut input) else {
+            panic!("MAIL is answered");
+        };
+        assert_eq!(outcome.response.code(), 421);
+        assert_eq!(outcome.then, Then::Close(SessionEnd::Shutdown));
+    }
+
+    #[test]
+    fn only_quit_and_a_refusal_while_draining_end_the_session() {
+        let (mut d, mut input, _) = dialogue(|_| {});
+        let all = b"HELO c\r\nEHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRSET\r\nNOOP\r\n\
+            VRFY x\r\nHELP\r\nEXPN x\r\nFROB\r\nDATA\r\n";
+        input.prepare(d.expecting());
+        let _ = input.extend_from_slice(all);
+        let mut answers = 0;
+        while let Step::Answer(outcome) = d.step(&mut input) {
+            assert_eq!(outcome.then, Then::Continue, "{outcome:?}");
+            answers += 1;
+        }
+        assert_eq!(answers, 11);
+        let _ = input.extend_from_slice(b"QUIT\r\n");
+        let Step::Answer(outcome) = d.step(&mut input) else {
+            panic!("QUIT is answered");
+        };
+        assert_eq!(outcome.then, Then::Close(SessionEnd::Quit));
+    }
 }
