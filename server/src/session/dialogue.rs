@@ -6,8 +6,10 @@
 //! reading, writing and storing, so this part runs the same under a socket, a test or
 //! a fuzzer.
 //!
-//! The input mode is one [`State`]: a new mode (the STARTTLS handshake, a SASL
-//! exchange) is one new variant.
+//! The input mode is one [`State`], so a new mode is one new variant: AUTH's SASL
+//! exchange (its lines are responses, not commands) becomes `State::Sasl`. STARTTLS
+//! is one new [`Then`]: after its 220 the driver swaps the stream for a TLS one and
+//! the dialogue starts over at [`State::Greeting`] (RFC 3207 4.2).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
