@@ -28,13 +28,20 @@ MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
 SMTP_BASE_PORT="${STAMPEDE_SMTP_BASE_PORT:-2525}"
 ADMIN_BASE_PORT="${STAMPEDE_ADMIN_BASE_PORT:-8081}"
-HEALTH_TIMEOUT_S="${STAMPEDE_HEALTH_TIMEOUT:-60}"
 
+# Durations (shared grammar, see check_options); these are the defaults in seconds.
+HEALTH_TIMEOUT_S=60
+DOCKER_TIMEOUT_S=5
+COOLDOWN_S=10
+
+# The command line, as parse_args reads it.
+VERB=""
+LOADGEN_ARGS=()                             # run-custom: everything after the verb
 SERVERS=5
 SERVERS_SET=0                               # 1 when --servers was given
+COOLDOWN_ARG=""                             # --cooldown as given, checked by check_options
 BACKEND=""                                  # docker | local; chosen on first use
 BACKEND_FORCED=""
-COOLDOWN_S="${STAMPEDE_COOLDOWN:-10}"
 CLEAN_RESULTS=0
 
 # Set while a verb has started servers it must stop again on failure or exit.
@@ -52,6 +59,11 @@ info() { printf '%s==>%s %s\n' "$C_BOLD" "$C_OFF" "$*"; }
 ok() { printf '%s ok%s %s\n' "$C_GREEN" "$C_OFF" "$*"; }
 warn() { printf '%swarning:%s %s\n' "$C_YELLOW" "$C_OFF" "$*" >&2; }
 die() { printf '%serror:%s %s\n' "$C_RED" "$C_OFF" "$*" >&2; exit 1; }
+# A bad command line: exit 2, before anything has started.
+usage_error() {
+    printf '%serror:%s %s (see '"'"'scripts/stress-test.sh help'"'"')\n' "$C_RED" "$C_OFF" "$*" >&2
+    exit 2
+}
 
 # Runs a command with its output held back; shows the output only when it fails.
 quietly() {
@@ -63,7 +75,7 @@ quietly() {
 
 usage() {
     cat <<'EOF'
-Usage: scripts/stress-test.sh [options] <verb> [args]
+Usage: scripts/stress-test.sh [options] <verb> [options]
 
 Verbs:
   build            cargo build --release (server, loadgen, analyze); with Docker also
@@ -86,22 +98,29 @@ Verbs:
                    (and --monitor-containers under Docker) are added when not given
   help             this text
 
-Options (before the verb):
-  --servers N      number of servers (default 5; Docker: 1-5)
+Options (before or after the verb; after run-custom everything goes to loadgen):
+  --servers N      number of servers (default 5, or as many as are running;
+                   Docker: 1-5, local: 1-20)
   --local          run the servers as local processes on 127.0.0.1
   --docker         run the servers with Docker Compose
-  --cooldown S     seconds between the tests of test-all (default 10)
+  --cooldown D     pause between the tests of test-all (default 10s): 30s, 2m,
+                   1h30m, 150ms or plain seconds
   --results        with clean: also delete everything in results/
+
+Every option is checked before anything starts; a bad one exits 2 and names it.
 
 Every test writes results/<stamp>-<test>.json, prints the analyze table, draws
 charts into results/<stamp>-<test>-charts/ and saves the server logs. A test that
-finds the servers already running (from `start`, same backend and count) uses them
-and leaves them running; otherwise it starts them and stops them when it ends.
+finds the servers already running (from `start`) uses them and leaves them running;
+given --servers N with another count, it first scales them to N (stops the extra
+ones or starts the missing ones), and they stay running at N. A test with no servers
+running starts them and stops them when it ends.
 
 Environment: STAMPEDE_SMTP_BASE_PORT (2525), STAMPEDE_ADMIN_BASE_PORT (8081; local
-backend), STAMPEDE_HEALTH_TIMEOUT (60 s), STAMPEDE_COOLDOWN (10 s),
-STAMPEDE_DOCKER_TIMEOUT (5 s to decide whether Docker answers), STAMPEDE_STATE_DIR
-(results/.stampede: pid file and backend marker).
+backend), STAMPEDE_HEALTH_TIMEOUT (60s), STAMPEDE_COOLDOWN (10s),
+STAMPEDE_DOCKER_TIMEOUT (5s to decide whether Docker answers), STAMPEDE_STATE_DIR
+(results/.stampede: pid file and backend marker). Durations take the same grammar
+as --cooldown.
 EOF
 }
 
@@ -123,7 +142,7 @@ find_compose() {
 
 docker_answers() {
     command -v docker >/dev/null 2>&1 &&
-        timeout "${STAMPEDE_DOCKER_TIMEOUT:-5}" docker info >/dev/null 2>&1
+        timeout "$DOCKER_TIMEOUT_S" docker info >/dev/null 2>&1
 }
 
 # Picks the backend once: forced by --local/--docker, else what is running now
@@ -131,7 +150,7 @@ docker_answers() {
 choose_backend() {
     [[ -n "$BACKEND" ]] && return 0
     if [[ "$BACKEND_FORCED" == docker ]]; then
-        docker_answers || die "--docker: the Docker engine does not answer ('docker info' failed or took over ${STAMPEDE_DOCKER_TIMEOUT:-5} s); is the daemon running and may you use its socket? Use --local to run without Docker."
+        docker_answers || die "--docker: the Docker engine does not answer ('docker info' failed or took over ${DOCKER_TIMEOUT_S} s); is the daemon running and may you use its socket? Use --local to run without Docker."
         find_compose || die "--docker: neither 'docker compose' nor 'docker-compose' is installed"
         BACKEND=docker
     elif [[ "$BACKEND_FORCED" == local ]]; then
@@ -153,7 +172,7 @@ choose_backend() {
         SERVERS="$(recorded_count)"
     fi
     if [[ "$BACKEND" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
-        die "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
+        usage_error "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
     fi
     info "backend: $BACKEND ($SERVERS server(s))"
 }
@@ -183,8 +202,8 @@ BINARIES=(smtp-server loadgen analyze)
 
 cargo_build() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
-    info "cargo build --release -p server -p loadgen -p analyze"
-    cargo build --release -p server -p loadgen -p analyze
+    info "cargo build --release -p server -p loadgen -p analyze -p units"
+    cargo build --release -p server -p loadgen -p analyze -p units
 }
 
 # Builds the release binaries when one of those named (default: all) is missing.
@@ -266,18 +285,23 @@ is_our_server() {
     [[ "$cmdline" == *smtp-server*"--port $2 "* ]]
 }
 
-any_pid_alive() {
-    local pid port
+any_pid_alive() { local_alive_above 0; }
+
+# True when one of our servers numbered above $1 is alive.
+local_alive_above() {
+    local n pid port
     [[ -f "$PID_FILE" ]] || return 1
-    while read -r _ pid port _; do
-        is_our_server "$pid" "$port" && return 0
+    while read -r n pid port _; do
+        ((n > $1)) && is_our_server "$pid" "$port" && return 0
     done <"$PID_FILE"
     return 1
 }
 
+# Starts the local servers $1 (default 1) to $SERVERS; from 1 it is a fresh start
+# (owned by this run until it succeeds), from higher it adds to running servers.
 local_start() {
-    local n port admin pid logdir
-    for ((n = 1; n <= SERVERS; n++)); do
+    local first=${1:-1} n port admin pid logdir
+    for ((n = first; n <= SERVERS; n++)); do
         port="$(local_smtp_port "$n")"
         admin="$(local_admin_port "$n")"
         for p in "$port" "$admin"; do
@@ -285,10 +309,12 @@ local_start() {
         done
     done
     mkdir -p "$STATE_DIR"
-    : >"$PID_FILE"
+    if ((first == 1)); then
+        : >"$PID_FILE"
+        OWNED_SERVERS=1
+    fi
     echo "local $SERVERS" >"$BACKEND_FILE"
-    OWNED_SERVERS=1
-    for ((n = 1; n <= SERVERS; n++)); do
+    for ((n = first; n <= SERVERS; n++)); do
         port="$(local_smtp_port "$n")"
         admin="$(local_admin_port "$n")"
         logdir="$RESULTS_DIR/server$n-logs"
@@ -296,7 +322,7 @@ local_start() {
         # The stress settings come from docker/stress-test.env, as in the compose file.
         (
             set -a
-            # shellcheck source=../docker/stress-test.env
+            # shellcheck source=docker/stress-test.env
             . "$ENV_FILE"
             set +a
             exec "$RELEASE_DIR/smtp-server" --bind 127.0.0.1 --port "$port" \
@@ -327,28 +353,47 @@ local_wait_healthy() {
     ok "$SERVERS local server(s) healthy on 127.0.0.1:$(local_smtp_port 1)-$(local_smtp_port "$SERVERS")"
 }
 
+# Stops the local servers numbered above $1 (default 0: all of them) and drops them
+# from the pid file.
 local_stop() {
-    local n pid port admin left
+    local keep=${1:-0} n pid port admin left
     [[ -f "$PID_FILE" ]] || return 0
     # SIGTERM lets each server drain its sessions (up to its grace period).
     while read -r n pid port admin; do
-        if is_our_server "$pid" "$port"; then kill -TERM "$pid" 2>/dev/null || true; fi
+        if ((n > keep)) && is_our_server "$pid" "$port"; then kill -TERM "$pid" 2>/dev/null || true; fi
     done <"$PID_FILE"
     for _ in $(seq 1 100); do
-        any_pid_alive || break
+        local_alive_above "$keep" || break
         sleep 0.2
     done
     left=0
     while read -r n pid port admin; do
-        if is_our_server "$pid" "$port"; then
+        if ((n > keep)) && is_our_server "$pid" "$port"; then
             warn "server $n (pid $pid) ignored SIGTERM for 20 s; killing it"
             kill -KILL "$pid" 2>/dev/null || true
             left=1
         fi
     done <"$PID_FILE"
     ((left == 0)) || sleep 0.5
-    rm -f "$PID_FILE"
-    ok "local servers stopped"
+    if ((keep == 0)); then
+        rm -f "$PID_FILE"
+        ok "local servers stopped"
+    else
+        awk -v keep="$keep" '$1 <= keep' "$PID_FILE" >"$PID_FILE.new"
+        mv "$PID_FILE.new" "$PID_FILE"
+        ok "local servers above $keep stopped"
+    fi
+}
+
+# Scales running local servers from $1 to $SERVERS.
+local_scale() {
+    local running=$1
+    if ((SERVERS < running)); then
+        local_stop "$SERVERS"
+        echo "local $SERVERS" >"$BACKEND_FILE"
+    else
+        local_start $((running + 1))
+    fi
 }
 
 local_servers_list() {
@@ -401,8 +446,10 @@ docker_services() {
 
 docker_servers_list() { docker_services | paste -sd, -; }
 
+# Brings up the services 1..N and removes those above N. $1: "scale" when the
+# servers were already running (they are not this run's to stop on failure).
 docker_start() {
-    local n port name
+    local mode=${1:-fresh} n port name
     ensure_binaries
     ensure_image
     for ((n = 1; n <= SERVERS; n++)); do
@@ -418,7 +465,7 @@ docker_start() {
     done
     mkdir -p "$STATE_DIR" "$RESULTS_DIR"
     echo "docker $SERVERS" >"$BACKEND_FILE"
-    OWNED_SERVERS=1
+    [[ "$mode" == scale ]] || OWNED_SERVERS=1
     # Services beyond N (from an earlier, larger start) are stopped so the count holds.
     local extra=()
     for ((n = SERVERS + 1; n <= MAX_DOCKER_SERVERS; n++)); do extra+=("smtp-server-$n"); done
@@ -482,6 +529,11 @@ docker_status() {
 cmd_start() {
     choose_backend
     if servers_recorded; then
+        # `start --servers N` with other servers running scales them to N.
+        if ((SERVERS_SET == 1)) && running_count_differs; then
+            scale_servers
+            return 0
+        fi
         die "servers are already running ($(cat "$BACKEND_FILE")); run 'scripts/stress-test.sh stop' first"
     fi
     trap on_exit EXIT
@@ -641,22 +693,42 @@ present_result() {
     ok "result ${file}; server logs in results/server<N>-logs/ and results/$LAST_STAMP-$test_name-logs.tar.gz"
 }
 
+# True when the servers that `start` left running are not as many as --servers asks
+# for; dies when they are of the other backend.
+running_count_differs() {
+    local running_backend
+    running_backend="$(cut -d' ' -f1 "$BACKEND_FILE")"
+    [[ "$running_backend" == "$BACKEND" ]] ||
+        die "$(recorded_count) $running_backend server(s) are running and this run asks for $BACKEND ones; run 'scripts/stress-test.sh stop' first"
+    [[ "$(recorded_count)" != "$SERVERS" ]]
+}
+
+# Scales the running servers to --servers N: the extra ones stop, the missing ones
+# start. They were the user's before this run and stay running afterwards, at N.
+scale_servers() {
+    local running
+    running="$(recorded_count)"
+    info "scaling the running $BACKEND servers from $running to $SERVERS (--servers $SERVERS); they stay running"
+    case "$BACKEND" in
+        local) local_scale "$running" ;;
+        docker) docker_start scale ;;
+    esac
+}
+
 # Makes sure servers of the chosen backend and count are up; starts them (and
-# arranges to stop them at exit) when they are not.
+# arranges to stop them at exit) when none are running, scales running ones.
 ensure_servers() {
     choose_backend
     ensure_binaries
     if servers_recorded; then
-        local running_backend running_count
-        running_backend="$(cut -d' ' -f1 "$BACKEND_FILE")"
-        running_count="$(recorded_count)"
-        if [[ "$running_backend" == "$BACKEND" && "$running_count" == "$SERVERS" ]]; then
-            info "using the running $BACKEND servers"
-            [[ "$BACKEND" == local ]] && local_wait_healthy
-            [[ "$BACKEND" == docker ]] && docker_wait_healthy
+        if running_count_differs; then
+            scale_servers
             return 0
         fi
-        die "other servers are running ($running_backend, $running_count); run 'scripts/stress-test.sh stop' first"
+        info "using the running $BACKEND servers"
+        [[ "$BACKEND" == local ]] && local_wait_healthy
+        [[ "$BACKEND" == docker ]] && docker_wait_healthy
+        return 0
     fi
     trap on_exit EXIT
     case "$BACKEND" in
@@ -725,61 +797,117 @@ cmd_test_all() {
 }
 
 cmd_run_custom() {
-    (($# > 0)) || die "run-custom needs loadgen flags, e.g. run-custom --mode burst --messages 500 --workers 20 --size large"
     ensure_servers
     run_loadgen custom "$@"
     present_result custom
 }
 
 # ---------------------------------------------------------------------------------
-# Command line
+# Command line: options are read in one place, wherever they stand, and all checked
+# before anything starts.
 
-main() {
-    local verb=""
+VERBS=" build start stop clean status logs test-quick test-burst test-sustained test-heavy test-mixed test-all run-custom "
+
+# Reads the verb and the options before and after it into the globals above. After
+# run-custom, everything belongs to loadgen.
+parse_args() {
     while (($# > 0)); do
         case "$1" in
-            --servers)
-                [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--servers needs a number"
-                SERVERS=$2
-                SERVERS_SET=1
+            --servers | --cooldown)
+                (($# >= 2)) || usage_error "$1 needs a value"
+                set_option "$1" "$2"
                 shift 2
                 ;;
-            --servers=*) SERVERS="${1#--servers=}"; SERVERS_SET=1; shift ;;
-            --local) BACKEND_FORCED=local; shift ;;
-            --docker) BACKEND_FORCED=docker; shift ;;
-            --cooldown)
-                [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--cooldown needs seconds"
-                COOLDOWN_S=$2
-                shift 2
+            --servers=* | --cooldown=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            --local | --docker)
+                [[ -z "$BACKEND_FORCED" || "$BACKEND_FORCED" == "${1#--}" ]] ||
+                    usage_error "--local and --docker exclude each other"
+                BACKEND_FORCED="${1#--}"
+                shift
                 ;;
             --results) CLEAN_RESULTS=1; shift ;;
             -h | --help | help) usage; exit 0 ;;
-            -*) die "unknown option $1 (see 'scripts/stress-test.sh help')" ;;
-            *) verb=$1; shift; break ;;
+            -*) usage_error "unknown option $1" ;;
+            *)
+                [[ -z "$VERB" ]] || usage_error "unexpected argument '$1' after $VERB"
+                [[ "$VERBS" == *" $1 "* ]] || usage_error "unknown verb '$1'"
+                VERB=$1
+                shift
+                if [[ "$VERB" == run-custom ]]; then
+                    LOADGEN_ARGS=("$@")
+                    break
+                fi
+                ;;
         esac
     done
-    [[ -n "$verb" ]] || { usage; exit 2; }
-    # Options may also follow the verb (except for run-custom, whose args are loadgen's).
-    if [[ "$verb" != run-custom ]]; then
-        while (($# > 0)); do
-            case "$1" in
-                --servers) SERVERS=${2:?--servers needs a number}; shift 2 ;;
-                --servers=*) SERVERS="${1#--servers=}"; SERVERS_SET=1; shift ;;
-                --local) BACKEND_FORCED=local; shift ;;
-                --docker) BACKEND_FORCED=docker; shift ;;
-                --cooldown) COOLDOWN_S=${2:?--cooldown needs seconds}; shift 2 ;;
-                --results) CLEAN_RESULTS=1; shift ;;
-                *) die "unexpected argument '$1' for $verb" ;;
-            esac
-        done
-    fi
-    [[ "$SERVERS" =~ ^[0-9]+$ ]] && ((SERVERS >= 1)) || die "--servers must be a positive number"
-    if [[ "$BACKEND_FORCED" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
-        die "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services"
-    fi
-    ((SERVERS <= MAX_LOCAL_SERVERS)) || die "--servers $SERVERS: at most $MAX_LOCAL_SERVERS"
+}
 
-    case "$verb" in
+set_option() {
+    case "$1" in
+        --servers) SERVERS=$2; SERVERS_SET=1 ;;
+        --cooldown) COOLDOWN_ARG=$2 ;;
+    esac
+}
+
+# Checks every option and the durations from the environment, so a bad value stops
+# the script here (exit 2, naming it) and never halfway through test-all.
+check_options() {
+    [[ -n "$VERB" ]] || { usage >&2; exit 2; }
+    if [[ "$VERB" == run-custom ]] && ((${#LOADGEN_ARGS[@]} == 0)); then
+        usage_error "run-custom needs loadgen flags, e.g. run-custom --mode burst --messages 500 --workers 20 --size large"
+    fi
+    # At most four digits, so bash arithmetic never sees an overflow or an octal "08".
+    if [[ ! "$SERVERS" =~ ^[0-9]{1,4}$ ]] || ((10#$SERVERS < 1 || 10#$SERVERS > MAX_LOCAL_SERVERS)); then
+        usage_error "--servers '$SERVERS': expected a whole number from 1 to $MAX_LOCAL_SERVERS"
+    fi
+    SERVERS=$((10#$SERVERS))
+    if [[ "$BACKEND_FORCED" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
+        usage_error "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
+    fi
+    if [[ -n "$COOLDOWN_ARG" ]]; then
+        COOLDOWN_S="$(duration_seconds --cooldown "$COOLDOWN_ARG")"
+    elif [[ -n "${STAMPEDE_COOLDOWN:-}" ]]; then
+        COOLDOWN_S="$(duration_seconds STAMPEDE_COOLDOWN "$STAMPEDE_COOLDOWN")"
+    fi
+    if [[ -n "${STAMPEDE_HEALTH_TIMEOUT:-}" ]]; then
+        # Whole seconds: the wait loops count with bash's $SECONDS.
+        HEALTH_TIMEOUT_S="$(duration_seconds STAMPEDE_HEALTH_TIMEOUT "$STAMPEDE_HEALTH_TIMEOUT" | awk '{ s = int($1); print (s < $1 ? s + 1 : s) }')"
+    fi
+    if [[ -n "${STAMPEDE_DOCKER_TIMEOUT:-}" ]]; then
+        DOCKER_TIMEOUT_S="$(duration_seconds STAMPEDE_DOCKER_TIMEOUT "$STAMPEDE_DOCKER_TIMEOUT")"
+    fi
+    return 0
+}
+
+# Prints the seconds in the duration $2 (e.g. 1h30m -> 5400, 150ms -> 0.15), read by
+# the `units` binary so that the script and the binaries share one grammar. A bad
+# value is a usage error that names $1, the option or variable it came from.
+duration_seconds() {
+    local name=$1 value=$2 out status=0
+    ensure_units
+    out="$("$RELEASE_DIR/units" duration "$value" 2>&1)" || status=$?
+    case "$status" in
+        0) echo "$out" ;;
+        2) usage_error "$name: $out" ;;
+        *) die "$RELEASE_DIR/units failed (exit $status): $out" ;;
+    esac
+}
+
+# The units binary is tiny; build it alone when missing, so checking an option never
+# waits for the whole release build. Its messages go to stderr: the caller reads
+# stdout.
+ensure_units() {
+    [[ -x "$RELEASE_DIR/units" ]] && return 0
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
+    info "$RELEASE_DIR/units is missing; building it (cargo build --release -p units)" >&2
+    quietly cargo build --release -p units || die "cargo build --release -p units failed (see above)"
+}
+
+main() {
+    parse_args "$@"
+    check_options
+
+    case "$VERB" in
         build) cmd_build ;;
         start) cmd_start ;;
         stop) cmd_stop ;;
@@ -787,11 +915,10 @@ main() {
         status) cmd_status ;;
         logs) cmd_logs ;;
         test-quick | test-burst | test-sustained | test-heavy | test-mixed)
-            cmd_test "${verb#test-}"
+            cmd_test "${VERB#test-}"
             ;;
         test-all) cmd_test_all ;;
-        run-custom) cmd_run_custom "$@" ;;
-        *) die "unknown verb '$verb' (see 'scripts/stress-test.sh help')" ;;
+        run-custom) cmd_run_custom "${LOADGEN_ARGS[@]}" ;;
     esac
 }
 

@@ -83,122 +83,128 @@ pub fn draw_all(
             color: color(i),
         })
         .collect();
+    let canvas = Canvas { out, size };
     let mut report = ChartReport::default();
-    let legacy_note = |s: &Series, what: &str| {
-        format!(
-            "{}: no {what}{}",
-            s.name,
-            if s.result.is_legacy() {
-                " (PrixFixe v0.2 (legacy) file)"
-            } else {
-                ""
-            }
-        )
-    };
 
-    let with_timeline: Vec<&Series> = series
-        .iter()
-        .filter(|s| !s.result.timeline.is_empty())
-        .collect();
-    for s in series.iter().filter(|s| s.result.timeline.is_empty()) {
-        report.skipped.push(legacy_note(
-            s,
-            "timeline: left out of throughput and latency over time",
-        ));
-    }
-    if with_timeline.is_empty() {
-        report
-            .skipped
-            .push("throughput, latency: no input has a timeline".to_string());
-    } else {
-        render(
-            &Throughput(&with_timeline),
-            out,
-            "throughput",
-            size,
-            &mut report,
-        )?;
-        render(
-            &LatencyOverTime(&with_timeline),
-            out,
-            "latency",
-            size,
-            &mut report,
-        )?;
+    let has_timeline = |r: &RunResult| !r.timeline.is_empty();
+    report.note_lacking(
+        &series,
+        has_timeline,
+        "timeline: left out of throughput and latency over time",
+    );
+    if let Some(fed) = report.fed_by(
+        &series,
+        has_timeline,
+        "throughput, latency: no input has a timeline",
+    ) {
+        canvas.render(&Throughput(&fed), "throughput", &mut report)?;
+        canvas.render(&LatencyOverTime(&fed), "latency", &mut report)?;
     }
 
-    for s in series.iter().filter(|s| s.result.histograms.is_none()) {
-        report.skipped.push(legacy_note(
-            s,
-            "histogram: its spectrum is drawn through the summary percentiles only",
-        ));
-    }
-    render(&Spectrum(&series), out, "spectrum", size, &mut report)?;
+    report.note_lacking(
+        &series,
+        |r| r.histograms.is_some(),
+        "histogram: its spectrum is drawn through the summary percentiles only",
+    );
+    canvas.render(&Spectrum(&series), "spectrum", &mut report)?;
 
-    let with_servers: Vec<&Series> = series
-        .iter()
-        .filter(|s| !s.result.per_server.is_empty())
-        .collect();
-    if with_servers.is_empty() {
-        report
-            .skipped
-            .push("servers: no input has per-server figures".to_string());
-    } else {
-        for s in series.iter().filter(|s| s.result.per_server.is_empty()) {
-            report.skipped.push(legacy_note(s, "per-server figures"));
-        }
-        render(&Servers(&with_servers), out, "servers", size, &mut report)?;
+    let has_servers = |r: &RunResult| !r.per_server.is_empty();
+    if let Some(fed) = report.fed_by(
+        &series,
+        has_servers,
+        "servers: no input has per-server figures",
+    ) {
+        report.note_lacking(&series, has_servers, "per-server figures");
+        canvas.render(&Servers(&fed), "servers", &mut report)?;
     }
 
-    let with_resources: Vec<&Series> = series
-        .iter()
-        .filter(|s| s.result.resources.values().any(|v| !v.is_empty()))
-        .collect();
-    if with_resources.is_empty() {
-        report
-            .skipped
-            .push("resources: no input has server CPU/memory samples".to_string());
-    } else {
-        render(
-            &Resources(&with_resources),
-            out,
-            "resources",
-            size,
-            &mut report,
-        )?;
+    let has_resources = |r: &RunResult| r.resources.values().any(|v| !v.is_empty());
+    if let Some(fed) = report.fed_by(
+        &series,
+        has_resources,
+        "resources: no input has server CPU/memory samples",
+    ) {
+        canvas.render(&Resources(&fed), "resources", &mut report)?;
     }
     Ok(report)
 }
 
-fn render<C: Chart>(
-    chart: &C,
-    out: &Path,
-    name: &str,
+impl ChartReport {
+    /// Notes each series that lacks what a chart needs (`has`), and why.
+    fn note_lacking(&mut self, series: &[Series], has: fn(&RunResult) -> bool, what: &str) {
+        for s in series.iter().filter(|s| !has(s.result)) {
+            let legacy = if s.result.is_legacy() {
+                " (PrixFixe v0.2 (legacy) file)"
+            } else {
+                ""
+            };
+            self.skipped.push(format!("{}: no {what}{legacy}", s.name));
+        }
+    }
+
+    /// The series that hold what a chart needs; `None`, with `none` noted as
+    /// skipped, when no series does.
+    fn fed_by<'a>(
+        &mut self,
+        series: &'a [Series<'a>],
+        has: fn(&RunResult) -> bool,
+        none: &str,
+    ) -> Option<Vec<&'a Series<'a>>> {
+        let fed: Vec<&Series> = series.iter().filter(|s| has(s.result)).collect();
+        if fed.is_empty() {
+            self.skipped.push(none.to_string());
+            None
+        } else {
+            Some(fed)
+        }
+    }
+}
+
+/// Where and how large the charts are drawn.
+struct Canvas<'a> {
+    out: &'a Path,
     size: (u32, u32),
-    report: &mut ChartReport,
-) -> anyhow::Result<()> {
-    let png = out.join(format!("{name}.png"));
-    {
-        let root = BitMapBackend::new(&png, size).into_drawing_area();
-        root.fill(&WHITE)?;
-        chart
-            .draw(&root)
-            .with_context(|| format!("{}: cannot draw", png.display()))?;
-        root.present()
-            .with_context(|| format!("{}: cannot write", png.display()))?;
+}
+
+impl Canvas<'_> {
+    /// Draws `chart` as `NAME.png` and `NAME.svg`.
+    fn render<C: Chart>(
+        &self,
+        chart: &C,
+        name: &str,
+        report: &mut ChartReport,
+    ) -> anyhow::Result<()> {
+        let png = self.out.join(format!("{name}.png"));
+        {
+            let root = BitMapBackend::new(&png, self.size).into_drawing_area();
+            draw_on(chart, &root, &png)?;
+        }
+        report.written.push(png);
+        let svg = self.out.join(format!("{name}.svg"));
+        {
+            let root = SVGBackend::new(&svg, self.size).into_drawing_area();
+            draw_on(chart, &root, &svg)?;
+        }
+        report.written.push(svg);
+        Ok(())
     }
-    report.written.push(png);
-    let svg = out.join(format!("{name}.svg"));
-    {
-        let root = SVGBackend::new(&svg, size).into_drawing_area();
-        root.fill(&WHITE)?;
-        chart
-            .draw(&root)
-            .with_context(|| format!("{}: cannot draw", svg.display()))?;
-        root.present()
-            .with_context(|| format!("{}: cannot write", svg.display()))?;
-    }
-    report.written.push(svg);
+}
+
+/// Fills `root` white, draws `chart` on it and writes it out to `path`.
+fn draw_on<C: Chart, DB: DrawingBackend>(
+    chart: &C,
+    root: &DrawingArea<DB, Shift>,
+    path: &Path,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    chart
+        .draw(root)
+        .with_context(|| format!("{}: cannot draw", path.display()))?;
+    root.present()
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 
@@ -233,6 +239,26 @@ where
 
 fn line_legend(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
+}
+
+/// Radius of the marker of a one-point line.
+const LONE_POINT_RADIUS: u32 = 4;
+
+/// A line through `points`. A line of one point has no length and would draw
+/// nothing (a one-second run, a container sampled once), so such a point is drawn
+/// as a filled marker instead.
+fn line<DB: DrawingBackend>(
+    points: impl IntoIterator<Item = (f64, f64)>,
+    style: ShapeStyle,
+) -> LineSeries<DB, (f64, f64)> {
+    let points: Vec<(f64, f64)> = points.into_iter().collect();
+    let lone = points.len() == 1;
+    let series = LineSeries::new(points, if lone { style.filled() } else { style });
+    if lone {
+        series.point_size(LONE_POINT_RADIUS)
+    } else {
+        series
+    }
 }
 
 type TimeChart<'a, DB> = ChartContext<
@@ -297,7 +323,7 @@ impl Chart for Throughput<'_> {
         for s in self.0 {
             let c = s.color;
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result
                         .timeline
                         .iter()
@@ -308,7 +334,7 @@ impl Chart for Throughput<'_> {
                 .legend(line_legend(c, 2));
             if s.result.timeline.iter().any(|p| p.failed > 0) {
                 chart
-                    .draw_series(LineSeries::new(
+                    .draw_series(line(
                         s.result
                             .timeline
                             .iter()
@@ -339,14 +365,14 @@ impl Chart for LatencyOverTime<'_> {
         for s in self.0 {
             let c = s.color;
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result.timeline.iter().map(|p| (p.t_s as f64, p.p99_ms)),
                     c.stroke_width(2),
                 ))?
                 .label(format!("{} p99", s.name))
                 .legend(line_legend(c, 2));
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(line(
                     s.result.timeline.iter().map(|p| (p.t_s as f64, p.p50_ms)),
                     c.mix(0.6).stroke_width(1),
                 ))?
@@ -468,7 +494,7 @@ impl Chart for Spectrum<'_> {
                 (c.mix(0.6).stroke_width(1), 1)
             };
             chart
-                .draw_series(LineSeries::new(points, style))?
+                .draw_series(line(points, style))?
                 .label(label)
                 .legend(line_legend(c, width));
         }
@@ -615,7 +641,7 @@ impl Chart for Resources<'_> {
             for (i, (label, samples)) in lines.iter().enumerate() {
                 let c = color(i);
                 chart
-                    .draw_series(LineSeries::new(
+                    .draw_series(line(
                         samples.iter().map(|p| (p.t_s, value(p))),
                         c.stroke_width(2),
                     ))?

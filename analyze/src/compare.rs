@@ -1,11 +1,14 @@
 //! `compare`: a baseline against a candidate, figure by figure.
 //!
-//! Each side is one run or several repeats of the same run. With repeats, each
-//! figure is the median of its side, and the spread of a side is the range
-//! (min..max) of its repeats. A difference is **within noise** when the two ranges
-//! overlap: the repeats alone already vary that much, so the difference is not
-//! evidence of a change. A figure *regresses* when it moved in its bad direction by
-//! more than its threshold and is not within noise.
+//! Each side is one run or several repeats of the same run. Each figure is the
+//! median of its side. With repeats on both sides, a Mann-Whitney U test (see
+//! [`crate::significance`]) decides whether the sides differ at all: a figure
+//! *regresses* only when the difference is **significant** (two-sided p < 0.05)
+//! **and** its median moved in the bad direction by more than its threshold; a
+//! difference the test cannot tell from run-to-run noise is `not significant`,
+//! whatever its size. When the runs are too few for the test ever to reach
+//! p < 0.05 (one run on a side, or 3 against 3), significance is not judged: the
+//! verdict uses the threshold alone, and a note says so and how many runs it takes.
 //!
 //! Thresholds are relative to the baseline median (`5%`), or absolute for latency
 //! (`2ms`, `0.1s`); `off` exempts a figure. A figure whose baseline is 0 and whose
@@ -20,6 +23,7 @@ use serde::Serialize;
 
 use crate::catalog::stem;
 use crate::figures::{self, Better, FIGURES, Figure, Unit};
+use crate::significance::{self, ALPHA, UTest};
 use crate::tables::new_table;
 
 /// The threshold applied when none is given.
@@ -159,8 +163,8 @@ pub enum Verdict {
     Better,
     /// Worse, but within the threshold.
     Worse,
-    /// The repeats' ranges overlap.
-    WithinNoise,
+    /// The U test cannot tell the two sides apart.
+    NotSignificant,
     /// Worse past the threshold.
     Regression,
     /// No direction (informational figure).
@@ -173,11 +177,23 @@ impl Verdict {
             Verdict::Same => "same",
             Verdict::Better => "better",
             Verdict::Worse => "worse (within threshold)",
-            Verdict::WithinNoise => "within noise",
+            Verdict::NotSignificant => "not significant",
             Verdict::Regression => "REGRESSION",
             Verdict::Informational => "-",
         }
     }
+}
+
+/// What the U test says about a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Significance {
+    /// p < α: the sides differ.
+    Significant,
+    /// p ≥ α: the difference is within the runs' own spread.
+    NotSignificant,
+    /// Too few runs for the test to reach α; the threshold alone decides.
+    NotJudged,
 }
 
 /// One row of the comparison.
@@ -193,6 +209,9 @@ pub struct Row {
     /// Percent of the baseline; `None` when the baseline is 0 and the value moved.
     pub relative_percent: Option<f64>,
     pub threshold: Threshold,
+    /// The U test of the two sides' runs; `None` with one run on a side.
+    pub test: Option<UTest>,
+    pub significance: Significance,
     pub verdict: Verdict,
 }
 
@@ -202,6 +221,10 @@ pub struct Comparison {
     pub base: Vec<String>,
     pub new: Vec<String>,
     pub warnings: Vec<String>,
+    /// The significance level of the U test.
+    pub alpha: f64,
+    /// Why significance was not judged, and what it would take.
+    pub notes: Vec<String>,
     pub rows: Vec<Row>,
     /// The figures that regressed; non-empty means exit 1.
     pub regressions: Vec<&'static str>,
@@ -213,16 +236,17 @@ pub fn compare(
     new: &[(PathBuf, RunResult)],
     thresholds: &Thresholds,
 ) -> Comparison {
-    let repeats = base.len() > 1 || new.len() > 1;
     let mut rows = Vec::new();
     for figure in FIGURES.iter().filter(|f| f.headline) {
         let values = |side: &[(PathBuf, RunResult)]| -> Vec<f64> {
             side.iter().filter_map(|(_, r)| (figure.get)(r)).collect()
         };
-        let (Some(b), Some(n)) = (Side::of(&values(base)), Side::of(&values(new))) else {
+        let (base_values, new_values) = (values(base), values(new));
+        let (Some(b), Some(n)) = (Side::of(&base_values), Side::of(&new_values)) else {
             continue;
         };
-        rows.push(judge(figure, b, n, thresholds.for_figure(figure), repeats));
+        let test = significance::u_test(&base_values, &new_values);
+        rows.push(judge(figure, b, n, thresholds.for_figure(figure), test));
     }
     let regressions = rows
         .iter()
@@ -233,6 +257,8 @@ pub fn compare(
         base: base.iter().map(|(p, _)| p.display().to_string()).collect(),
         new: new.iter().map(|(p, _)| p.display().to_string()).collect(),
         warnings: settings_warnings(base, new),
+        alpha: ALPHA,
+        notes: significance_notes(&rows),
         rows,
         regressions,
     }
@@ -243,8 +269,18 @@ fn judge(
     base: Side,
     new: Side,
     threshold: Threshold,
-    repeats: bool,
+    test: Option<UTest>,
 ) -> Row {
+    let significance = match &test {
+        Some(t) if significance::can_reach_alpha(base.runs, new.runs) => {
+            if t.p_value < ALPHA {
+                Significance::Significant
+            } else {
+                Significance::NotSignificant
+            }
+        }
+        _ => Significance::NotJudged,
+    };
     let delta = new.median - base.median;
     let relative_percent = if base.median != 0.0 {
         Some(delta * 100.0 / base.median.abs())
@@ -262,8 +298,8 @@ fn judge(
         Verdict::Informational
     } else if delta == 0.0 {
         Verdict::Same
-    } else if repeats && base.min <= new.max && new.min <= base.max {
-        Verdict::WithinNoise
+    } else if significance == Significance::NotSignificant {
+        Verdict::NotSignificant
     } else if !worse {
         Verdict::Better
     } else {
@@ -287,8 +323,41 @@ fn judge(
         delta,
         relative_percent,
         threshold,
+        test,
+        significance,
         verdict,
     }
+}
+
+/// One note for each pair of run counts whose figures could not be judged.
+fn significance_notes(rows: &[Row]) -> Vec<String> {
+    let sizes: std::collections::BTreeSet<(usize, usize)> = rows
+        .iter()
+        .filter(|r| r.significance == Significance::NotJudged)
+        .map(|r| (r.base.runs, r.new.runs))
+        .collect();
+    let need = significance::min_runs_each_side();
+    sizes
+        .into_iter()
+        .map(|(b, n)| {
+            if b == 1 || n == 1 {
+                format!(
+                    "{b} vs {n} runs: with one run on a side, significance cannot be judged; \
+                     the verdicts use the threshold alone. For a Mann-Whitney U test at \
+                     alpha = {ALPHA}, repeat each side at least {need} times \
+                     (--base A1 A2 ... --new B1 B2 ...)."
+                )
+            } else {
+                format!(
+                    "{b} vs {n} runs: significance cannot be judged, since the smallest \
+                     p-value these runs can give is {:.3}, not below alpha = {ALPHA}; the \
+                     verdicts use the threshold alone. At least {need} runs on each side \
+                     are needed.",
+                    significance::smallest_p(b, n)
+                )
+            }
+        })
+        .collect()
 }
 
 /// The settings that make two runs comparable. A difference is worth a loud
@@ -379,6 +448,29 @@ fn format_side(figure: &str, side: &Side) -> String {
     }
 }
 
+/// `0.029`, `<0.001`.
+fn format_p(p: f64) -> String {
+    if p < 0.001 {
+        "<0.001".to_string()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn signed(unit: Unit, v: f64) -> String {
+    format!("{}{}", if v > 0.0 { "+" } else { "" }, unit.format(v))
+}
+
+/// The Hodges–Lehmann shift and its interval: `+1.20 [+0.60, +1.60]`.
+fn format_shift(row: &Row, test: &UTest) -> String {
+    let unit = figures::find(row.figure).map_or(Unit::Count, |f| f.unit);
+    let ci = match test.shift_ci {
+        Some([lo, hi]) => format!("[{}, {}]", signed(unit, lo), signed(unit, hi)),
+        None => "[n/a]".to_string(),
+    };
+    format!("{} {ci}", signed(unit, test.shift))
+}
+
 fn format_delta(row: &Row) -> (String, String) {
     let unit = figures::find(row.figure).map_or(Unit::Count, |f| f.unit);
     let sign = if row.delta > 0.0 { "+" } else { "" };
@@ -398,70 +490,99 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// Where the settings warnings go, once each: a markdown document (a CI step
+    /// summary, a PR comment) carries them itself; with the table (read on a
+    /// terminal) and JSON (data) they go to stderr, which stays on the screen when
+    /// stdout is piped.
+    pub fn warnings_on_stderr(self) -> bool {
+        self != Format::Markdown
+    }
+}
+
 /// Renders the comparison.
 pub fn render(c: &Comparison, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(c).unwrap_or_default() + "\n",
-        Format::Table | Format::Markdown => {
-            let mut t = new_table(&["figure", "base", "new", "change", "change %", "verdict"]);
-            if format == Format::Markdown {
-                t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-            }
-            for row in &c.rows {
-                let (abs, rel) = format_delta(row);
-                let label = if row.unit.is_empty() || row.unit == row.label {
-                    row.label.to_string()
-                } else {
-                    format!("{} ({})", row.label, row.unit)
-                };
-                let verdict = match (format, row.verdict) {
-                    (Format::Markdown, Verdict::Regression) => "**REGRESSION**".to_string(),
-                    (_, v) => v.label().to_string(),
-                };
-                t.add_row(vec![
-                    label,
-                    format_side(row.figure, &row.base),
-                    format_side(row.figure, &row.new),
-                    abs,
-                    rel,
-                    verdict,
-                ]);
-            }
-            let mut out = String::new();
-            let (warn, bold) = if format == Format::Markdown {
-                ("> **Warning:** ", "**")
-            } else {
-                ("WARNING: ", "")
-            };
-            let bullet = if format == Format::Markdown { "- " } else { "" };
-            out.push_str(&format!(
-                "{bullet}base: {}\n{bullet}new:  {}\n\n",
-                c.base.join(" "),
-                c.new.join(" ")
-            ));
-            for w in &c.warnings {
-                out.push_str(&format!("{warn}{w}\n"));
-                if format == Format::Markdown {
-                    // A blank line keeps each warning its own quote block.
-                    out.push('\n');
-                }
-            }
-            if !c.warnings.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&t.to_string());
-            out.push_str("\n\n");
-            if c.regressions.is_empty() {
-                out.push_str(&format!("{bold}No regression past the threshold.{bold}\n"));
-            } else {
-                out.push_str(&format!(
-                    "{bold}Regression{bold} in {}.\n",
-                    c.regressions.join(", ")
-                ));
-            }
-            out
+        Format::Table => render_text(c, false),
+        Format::Markdown => render_text(c, true),
+    }
+}
+
+/// The sources, the markdown document's warnings, the table, the notes and the
+/// outcome.
+fn render_text(c: &Comparison, markdown: bool) -> String {
+    let (bullet, bold, note) = if markdown {
+        ("- ", "**", "> **Note:** ")
+    } else {
+        ("", "", "Note: ")
+    };
+    let mut out = format!(
+        "{bullet}base: {}\n{bullet}new:  {}\n\n",
+        c.base.join(" "),
+        c.new.join(" ")
+    );
+    if markdown {
+        for w in &c.warnings {
+            // A blank line keeps each warning its own quote block.
+            out.push_str(&format!("> **Warning:** {w}\n\n"));
         }
     }
+    out.push_str(&figures_table(c, markdown).to_string());
+    out.push_str("\n\n");
+    for n in &c.notes {
+        out.push_str(&format!("{note}{n}\n\n"));
+    }
+    if c.regressions.is_empty() {
+        out.push_str(&format!("{bold}No regression past the threshold.{bold}\n"));
+    } else {
+        out.push_str(&format!(
+            "{bold}Regression{bold} in {}.\n",
+            c.regressions.join(", ")
+        ));
+    }
+    out
+}
+
+/// One row per figure; the `p` and shift columns only when a figure was tested.
+fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
+    let tested = c.rows.iter().any(|r| r.test.is_some());
+    let mut header = vec!["figure", "base", "new", "change", "change %"];
+    if tested {
+        header.extend(["p", "shift (95% CI)"]);
+    }
+    header.push("verdict");
+    let mut t = new_table(&header);
+    if markdown {
+        t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    }
+    for row in &c.rows {
+        let (abs, rel) = format_delta(row);
+        let label = if row.unit.is_empty() || row.unit == row.label {
+            row.label.to_string()
+        } else {
+            format!("{} ({})", row.label, row.unit)
+        };
+        let mut cells = vec![
+            label,
+            format_side(row.figure, &row.base),
+            format_side(row.figure, &row.new),
+            abs,
+            rel,
+        ];
+        if tested {
+            match &row.test {
+                Some(test) => cells.extend([format_p(test.p_value), format_shift(row, test)]),
+                None => cells.extend(["-".to_string(), "-".to_string()]),
+            }
+        }
+        cells.push(match (markdown, row.verdict) {
+            (true, Verdict::Regression) => "**REGRESSION**".to_string(),
+            (_, v) => v.label().to_string(),
+        });
+        t.add_row(cells);
+    }
+    t
 }
 
 #[cfg(test)]
@@ -476,6 +597,23 @@ mod tests {
         figures::find("p99").unwrap()
     }
 
+    /// Judges `figure` over the given runs of each side, as `compare` does.
+    fn judge_runs(figure: &'static Figure, base: &[f64], new: &[f64], t: Threshold) -> Row {
+        judge(
+            figure,
+            side(base),
+            side(new),
+            t,
+            significance::u_test(base, new),
+        )
+    }
+
+    fn verdict(figure: &'static Figure, base: &[f64], new: &[f64], t: Threshold) -> Verdict {
+        judge_runs(figure, base, new, t).verdict
+    }
+
+    const FIVE: Threshold = Threshold::Relative(5.0);
+
     #[test]
     fn median_of_even_and_odd_counts() {
         assert_eq!(side(&[3.0, 1.0, 2.0]).median, 2.0);
@@ -484,87 +622,97 @@ mod tests {
 
     #[test]
     fn latency_up_past_threshold_is_a_regression() {
-        let r = judge(
-            p99(),
-            side(&[10.0]),
-            side(&[11.0]),
-            Threshold::Relative(5.0),
-            false,
-        );
-        assert_eq!(r.verdict, Verdict::Regression);
-        let r = judge(
-            p99(),
-            side(&[10.0]),
-            side(&[10.4]),
-            Threshold::Relative(5.0),
-            false,
-        );
-        assert_eq!(r.verdict, Verdict::Worse);
-        let r = judge(
-            p99(),
-            side(&[10.0]),
-            side(&[9.0]),
-            Threshold::Relative(5.0),
-            false,
-        );
-        assert_eq!(r.verdict, Verdict::Better);
+        assert_eq!(verdict(p99(), &[10.0], &[11.0], FIVE), Verdict::Regression);
+        assert_eq!(verdict(p99(), &[10.0], &[10.4], FIVE), Verdict::Worse);
+        assert_eq!(verdict(p99(), &[10.0], &[9.0], FIVE), Verdict::Better);
     }
 
     #[test]
     fn throughput_down_is_worse_and_up_is_better() {
         let rate = figures::find("msg/s").unwrap();
-        let r = judge(
-            rate,
-            side(&[100.0]),
-            side(&[80.0]),
-            Threshold::Relative(5.0),
-            false,
-        );
-        assert_eq!(r.verdict, Verdict::Regression);
-        let r = judge(
-            rate,
-            side(&[100.0]),
-            side(&[120.0]),
-            Threshold::Relative(5.0),
-            false,
-        );
-        assert_eq!(r.verdict, Verdict::Better);
+        assert_eq!(verdict(rate, &[100.0], &[80.0], FIVE), Verdict::Regression);
+        assert_eq!(verdict(rate, &[100.0], &[120.0], FIVE), Verdict::Better);
     }
 
     #[test]
-    fn overlapping_repeats_are_noise() {
-        let r = judge(
-            p99(),
-            side(&[10.0, 12.0, 14.0]),
-            side(&[13.0, 15.0, 16.0]),
-            Threshold::Relative(5.0),
-            true,
-        );
-        assert_eq!(r.verdict, Verdict::WithinNoise);
-        let r = judge(
-            p99(),
-            side(&[10.0, 11.0, 12.0]),
-            side(&[15.0, 16.0, 17.0]),
-            Threshold::Relative(5.0),
-            true,
-        );
+    fn one_run_on_a_side_is_not_judged_and_falls_back_to_the_threshold() {
+        let r = judge_runs(p99(), &[10.0], &[11.0, 12.0, 13.0], FIVE);
+        assert_eq!(r.test, None);
+        assert_eq!(r.significance, Significance::NotJudged);
         assert_eq!(r.verdict, Verdict::Regression);
+        let notes = significance_notes(&[r]);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("1 vs 3 runs: with one run on a side, significance cannot be judged")
+                && notes[0].contains("at least 4 times"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn three_against_three_is_not_judged_and_says_so() {
+        // Overlapping ranges, median +25%: the old range rule called this noise.
+        let r = judge_runs(p99(), &[10.0, 12.0, 14.0], &[13.0, 15.0, 16.0], FIVE);
+        assert_eq!(r.significance, Significance::NotJudged);
+        assert!(r.test.is_some(), "the p-value is still shown");
+        assert_eq!(r.verdict, Verdict::Regression);
+        let notes = significance_notes(&[r]);
+        assert!(
+            notes[0].contains("smallest p-value these runs can give is 0.100")
+                && notes[0].contains("At least 4 runs on each side"),
+            "{notes:?}"
+        );
+        // Far apart, still past the threshold: a regression, as before.
+        let r = judge_runs(p99(), &[10.0, 11.0, 12.0], &[15.0, 16.0, 17.0], FIVE);
+        assert_eq!(r.verdict, Verdict::Regression);
+    }
+
+    #[test]
+    fn an_insignificant_difference_is_not_a_regression_whatever_its_size() {
+        // Interleaved runs, median +18%: p = 0.548 (scipy.stats.mannwhitneyu).
+        let base = [10.0, 11.0, 30.0, 12.0, 10.5];
+        let new = [13.0, 10.2, 14.0, 11.5, 29.0];
+        let r = judge_runs(p99(), &base, &new, FIVE);
+        assert_eq!(r.significance, Significance::NotSignificant);
+        assert_eq!(r.verdict, Verdict::NotSignificant);
+        assert!(significance_notes(&[r]).is_empty());
+    }
+
+    #[test]
+    fn one_outlier_no_longer_hides_a_real_shift() {
+        // Seven runs each side; one new run is an outlier that overlaps the base
+        // range, which the range rule took for noise. U = 42 of 49, exact p =
+        // 90/3432 = 0.026.
+        let base = [10.0, 10.1, 10.2, 10.3, 10.4, 10.5, 10.6];
+        let new = [11.0, 11.1, 11.2, 11.3, 11.4, 11.5, 9.0];
+        let r = judge_runs(p99(), &base, &new, FIVE);
+        let test = r.test.as_ref().unwrap();
+        assert!(
+            (test.p_value - 90.0 / 3432.0).abs() < 1e-12,
+            "{}",
+            test.p_value
+        );
+        assert_eq!(r.significance, Significance::Significant);
+        assert_eq!(r.verdict, Verdict::Regression);
+        // Significant but within a generous threshold: worse, not a regression.
+        assert_eq!(
+            verdict(p99(), &base, &new, Threshold::Relative(20.0)),
+            Verdict::Worse
+        );
+        // Significant and in the good direction.
+        assert_eq!(verdict(p99(), &new, &base, FIVE), Verdict::Better);
     }
 
     #[test]
     fn errors_appearing_from_zero_regress() {
         let failed = figures::find("failed").unwrap();
-        let r = judge(
-            failed,
-            side(&[0.0]),
-            side(&[3.0]),
-            Threshold::Relative(5.0),
-            false,
-        );
+        let r = judge_runs(failed, &[0.0], &[3.0], FIVE);
         assert_eq!(r.verdict, Verdict::Regression);
         assert_eq!(r.relative_percent, None);
-        let r = judge(failed, side(&[0.0]), side(&[3.0]), Threshold::Off, false);
-        assert_eq!(r.verdict, Verdict::Worse);
+        assert_eq!(
+            verdict(failed, &[0.0], &[3.0], Threshold::Off),
+            Verdict::Worse
+        );
     }
 
     #[test]

@@ -5,21 +5,13 @@
 //! gate; 2 a usage error or a file that could not be read or written (including
 //! a bad file met while listing a directory, after the good ones are shown).
 
-mod catalog;
-mod chart;
-mod check;
-mod compare;
-mod figures;
-mod merge;
-mod tables;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::catalog::Catalog;
+use analyze::{Catalog, CompareFormat, Entry, Gate, Thresholds};
 
 /// Exit status when a regression or a missed gate was found.
 const EXIT_FAILED_GATE: u8 = 1;
@@ -110,7 +102,7 @@ struct CompareArgs {
     threshold: Vec<String>,
     /// Output format; markdown suits a CI step summary.
     #[arg(long, value_enum, default_value = "table")]
-    format: compare::Format,
+    format: CompareFormat,
 }
 
 #[derive(Args)]
@@ -161,12 +153,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::List(d) => list(&d.dir, |entries| tables::list(entries).to_string()),
-        Command::Summary(d) => list(&d.dir, |entries| tables::summary(entries).to_string()),
+        Command::List(d) => list(&d.dir, |entries| analyze::list_table(entries).to_string()),
+        Command::Summary(d) => list(&d.dir, |entries| {
+            analyze::summary_table(entries).to_string()
+        }),
         Command::Latest(d) => latest(&d.dir),
         Command::Show { file } => {
-            let r = catalog::load(&file)?;
-            out!("{}", tables::show(&file, &r));
+            let r = analyze::load(&file)?;
+            out!("{}", analyze::show_table(&file, &r));
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare(args) => run_compare(args),
@@ -178,7 +172,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `list` and `summary`: the good files are shown, each bad one gets a line on
 /// stderr, and any bad one makes the exit status 2.
-fn list(dir: &Path, render: impl Fn(&[catalog::Entry]) -> String) -> anyhow::Result<ExitCode> {
+fn list(dir: &Path, render: impl Fn(&[Entry]) -> String) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::scan(dir)?;
     if catalog.entries.is_empty() {
         outln!("no results in {}", dir.display());
@@ -202,14 +196,14 @@ fn latest(dir: &Path) -> anyhow::Result<ExitCode> {
         catalog.report_bad();
         bail!("{}: no readable results", dir.display());
     };
-    out!("{}", tables::show(&newest.path, &newest.result));
+    out!("{}", analyze::show_table(&newest.path, &newest.result));
     Ok(exit_for_bad_files(&catalog))
 }
 
 fn load_all(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, report::RunResult)>> {
     paths
         .iter()
-        .map(|p| Ok((p.clone(), catalog::load(p)?)))
+        .map(|p| Ok((p.clone(), analyze::load(p)?)))
         .collect()
 }
 
@@ -219,14 +213,16 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         [] if !args.base.is_empty() => (args.base, args.new),
         _ => bail!("compare needs BASE and NEW files, or --base FILE... --new FILE..."),
     };
-    let thresholds = compare::Thresholds::parse(&args.threshold).map_err(anyhow::Error::msg)?;
+    let thresholds = Thresholds::parse(&args.threshold).map_err(anyhow::Error::msg)?;
     let base = load_all(&base)?;
     let new = load_all(&new)?;
-    let comparison = compare::compare(&base, &new, &thresholds);
-    for w in &comparison.warnings {
-        eprintln!("WARNING: {w}");
+    let comparison = analyze::compare(&base, &new, &thresholds);
+    if args.format.warnings_on_stderr() {
+        for w in &comparison.warnings {
+            eprintln!("WARNING: {w}");
+        }
     }
-    out!("{}", compare::render(&comparison, args.format));
+    out!("{}", analyze::render_comparison(&comparison, args.format));
     Ok(if comparison.regressions.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -238,11 +234,11 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let gates = args
         .require
         .iter()
-        .map(|g| check::Gate::parse(g))
+        .map(|g| Gate::parse(g))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let result = catalog::load(&args.file)?;
-    let outcomes = check::evaluate(&result, &gates);
+    let result = analyze::load(&args.file)?;
+    let outcomes = analyze::evaluate_gates(&result, &gates);
     for o in &outcomes {
         outln!("{}", o.line);
     }
@@ -265,7 +261,7 @@ fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {
     let inputs = load_all(&args.files)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the chart directory", args.out.display()))?;
-    let report = chart::draw_all(&inputs, &args.out, (args.width, args.height))?;
+    let report = analyze::draw_charts(&inputs, &args.out, (args.width, args.height))?;
     for path in &report.written {
         outln!("wrote {}", path.display());
     }
@@ -277,7 +273,7 @@ fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {
 
 fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     let inputs = load_all(&args.files)?;
-    let (merged, notes) = merge::merge(&inputs)?;
+    let (merged, notes) = analyze::merge(&inputs)?;
     for n in notes {
         eprintln!("note: {n}");
     }
@@ -288,7 +284,7 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         args.output.display(),
         merged.metrics.total_messages,
         merged.metrics.messages_per_second,
-        figures::format_ms(merged.metrics.latency_ms.p99)
+        analyze::format_ms(merged.metrics.latency_ms.p99)
     );
     Ok(ExitCode::SUCCESS)
 }

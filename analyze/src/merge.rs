@@ -7,10 +7,11 @@
 //! earliest start to the latest end, and throughput is successful messages over
 //! that span.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use report::{
     Histograms, HostInfo, LatencyHistogram, LatencySummary, Metrics, RunInfo, RunResult, SCHEMA_V1,
     ServerMetrics, TimelinePoint, decode_histogram, encode_histogram, format_timestamp,
@@ -51,13 +52,45 @@ impl HistogramSum {
 /// refused: their percentiles cannot be combined honestly.
 pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<String>)> {
     let mut notes = Vec::new();
+    let hists = histograms_of(inputs)?;
+    let span = Span::of(inputs)?;
+    let sums = HistogramSums::add_up(inputs, &hists, &mut notes)?;
+    let metrics = merged_metrics(inputs, &span, &sums);
+    let (per_server, server_hists) = merge_servers(inputs, span.duration, &mut notes)?;
+    let first = &inputs[0].1;
+    let sum_opt = |f: fn(&RunResult) -> Option<f64>| -> Option<f64> {
+        let v: Vec<f64> = inputs.iter().filter_map(|(_, r)| f(r)).collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
+    let merged = RunResult {
+        schema: Some(SCHEMA_V1.to_string()),
+        test_type: common_test_type(inputs),
+        servers: union_of_servers(inputs),
+        port: first.port,
+        message_size: weighted_message_size(inputs, metrics.total_messages),
+        // N generators with W workers each kept N×W sessions open.
+        concurrent_workers: sum_opt(|r| r.concurrent_workers.map(|w| w as f64)).map(|w| w as u64),
+        target_rate: sum_opt(|r| r.target_rate),
+        metrics,
+        generator_saturated: inputs.iter().any(|(_, r)| r.generator_saturated),
+        run: Some(merged_run_info(inputs)),
+        per_server,
+        timeline: merge_timelines(inputs, &span.offsets),
+        histograms: Some(sums.encode(server_hists)?),
+        resources: merge_resources(inputs, &span.offsets),
+    };
+    Ok((merged, notes))
+}
+
+/// Every input's histograms; an input without them is refused.
+fn histograms_of(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<Vec<&Histograms>> {
     if inputs.is_empty() {
         bail!("merge needs at least one result");
     }
-    let mut hists = Vec::new();
-    for (path, r) in inputs {
-        match &r.histograms {
-            Some(h) => hists.push(h),
+    inputs
+        .iter()
+        .map(|(path, r)| match &r.histograms {
+            Some(h) => Ok(h),
             None => bail!(
                 "{}: has no latency histograms ({}), so its percentiles cannot be merged; \
                  only Stampede results can be merged",
@@ -68,100 +101,147 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
                     "written without them"
                 }
             ),
-        }
-    }
-
-    // The time line: every input's start, as an offset from the earliest one.
-    let starts: Vec<_> = inputs
-        .iter()
-        .map(|(p, r)| {
-            r.start_time().with_context(|| {
-                format!(
-                    "{}: start_time {:?} is not a timestamp",
-                    p.display(),
-                    r.metrics.start_time
-                )
-            })
         })
-        .collect::<anyhow::Result<_>>()?;
-    let ends: Vec<_> = inputs
-        .iter()
-        .map(|(p, r)| {
-            r.end_time().with_context(|| {
-                format!(
-                    "{}: end_time {:?} is not a timestamp",
-                    p.display(),
-                    r.metrics.end_time
-                )
-            })
+        .collect()
+}
+
+/// The merged run's time line: from the earliest start to the latest end.
+struct Span {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    duration: f64,
+    /// Each input's start, in seconds after the earliest one.
+    offsets: Vec<f64>,
+}
+
+impl Span {
+    fn of(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<Span> {
+        let stamp = |p: &Path, r: &RunResult, end: bool| {
+            let (name, text, value) = if end {
+                ("end_time", &r.metrics.end_time, r.end_time())
+            } else {
+                ("start_time", &r.metrics.start_time, r.start_time())
+            };
+            value.with_context(|| format!("{}: {name} {text:?} is not a timestamp", p.display()))
+        };
+        let starts: Vec<_> = inputs
+            .iter()
+            .map(|(p, r)| stamp(p, r, false))
+            .collect::<anyhow::Result<_>>()?;
+        let ends: Vec<_> = inputs
+            .iter()
+            .map(|(p, r)| stamp(p, r, true))
+            .collect::<anyhow::Result<_>>()?;
+        let start = *starts
+            .iter()
+            .min()
+            .context("merge needs at least one result")?;
+        let end = *ends
+            .iter()
+            .max()
+            .context("merge needs at least one result")?;
+        let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1e6;
+        Ok(Span {
+            start,
+            end,
+            duration: seconds(end - start).max(0.0),
+            offsets: starts.iter().map(|s| seconds(*s - start)).collect(),
         })
-        .collect::<anyhow::Result<_>>()?;
-    let start = *starts.iter().min().expect("inputs are not empty");
-    let end = *ends.iter().max().expect("inputs are not empty");
-    let duration = ((end - start).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0);
-    let offsets: Vec<f64> = starts
-        .iter()
-        .map(|s| (*s - start).num_microseconds().unwrap_or(0) as f64 / 1e6)
-        .collect();
-
-    // Histograms.
-    let mut total = HistogramSum::new();
-    for ((path, _), h) in inputs.iter().zip(&hists) {
-        total.add(path, "total", &h.total)?;
     }
-    let corrected = if hists.iter().all(|h| h.corrected.is_some()) {
-        let mut sum = HistogramSum::new();
-        for ((path, _), h) in inputs.iter().zip(&hists) {
-            sum.add(
-                path,
-                "corrected",
-                h.corrected.as_deref().unwrap_or_default(),
-            )?;
+}
+
+/// The run-wide histograms added up: total, corrected (when every input has it)
+/// and each phase every input has.
+struct HistogramSums {
+    total: HistogramSum,
+    corrected: Option<HistogramSum>,
+    phases: BTreeMap<String, HistogramSum>,
+}
+
+impl HistogramSums {
+    fn add_up(
+        inputs: &[(PathBuf, RunResult)],
+        hists: &[&Histograms],
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<HistogramSums> {
+        let each = || {
+            inputs
+                .iter()
+                .map(|(p, _)| p.as_path())
+                .zip(hists.iter().copied())
+        };
+        let mut total = HistogramSum::new();
+        for (path, h) in each() {
+            total.add(path, "total", &h.total)?;
         }
-        Some(sum)
-    } else {
-        if hists.iter().any(|h| h.corrected.is_some()) {
-            notes.push("corrected latency dropped: not every input has it".to_string());
+        let corrected = if hists.iter().all(|h| h.corrected.is_some()) {
+            let mut sum = HistogramSum::new();
+            for (path, h) in each() {
+                sum.add(
+                    path,
+                    "corrected",
+                    h.corrected.as_deref().unwrap_or_default(),
+                )?;
+            }
+            Some(sum)
+        } else {
+            if hists.iter().any(|h| h.corrected.is_some()) {
+                notes.push("corrected latency dropped: not every input has it".to_string());
+            }
+            None
+        };
+        let mut phases = BTreeMap::new();
+        let phase_names: BTreeSet<&String> = hists.iter().flat_map(|h| h.phases.keys()).collect();
+        for name in phase_names {
+            if !hists.iter().all(|h| h.phases.contains_key(name)) {
+                notes.push(format!("phase {name:?} dropped: not every input has it"));
+                continue;
+            }
+            let mut sum = HistogramSum::new();
+            for (path, h) in each() {
+                sum.add(path, &format!("phases.{name}"), &h.phases[name])?;
+            }
+            phases.insert(name.clone(), sum);
         }
-        None
-    };
-    let mut phases: BTreeMap<String, HistogramSum> = BTreeMap::new();
-    let phase_names: std::collections::BTreeSet<&String> =
-        hists.iter().flat_map(|h| h.phases.keys()).collect();
-    for name in phase_names {
-        if !hists.iter().all(|h| h.phases.contains_key(name)) {
-            notes.push(format!("phase {name:?} dropped: not every input has it"));
-            continue;
-        }
-        let mut sum = HistogramSum::new();
-        for ((path, _), h) in inputs.iter().zip(&hists) {
-            sum.add(path, &format!("phases.{name}"), &h.phases[name])?;
-        }
-        phases.insert(name.clone(), sum);
+        Ok(HistogramSums {
+            total,
+            corrected,
+            phases,
+        })
     }
 
-    // Counts.
+    fn encode(&self, per_server: BTreeMap<String, String>) -> anyhow::Result<Histograms> {
+        Ok(Histograms {
+            total: self.total.encode()?,
+            corrected: self
+                .corrected
+                .as_ref()
+                .map(HistogramSum::encode)
+                .transpose()?,
+            phases: self
+                .phases
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.encode()?)))
+                .collect::<anyhow::Result<_>>()?,
+            per_server,
+        })
+    }
+}
+
+/// Counts added up, latency from the merged histograms, rates over the span.
+fn merged_metrics(inputs: &[(PathBuf, RunResult)], span: &Span, sums: &HistogramSums) -> Metrics {
     let mut metrics = Metrics {
-        total_messages: 0,
-        successful_messages: 0,
-        failed_messages: 0,
-        connection_errors: 0,
-        total_bytes_sent: 0,
-        duration_seconds: duration,
-        messages_per_second: 0.0,
-        latency_ms: total.summary(),
-        error_breakdown: BTreeMap::new(),
-        start_time: format_timestamp(start),
-        end_time: format_timestamp(end),
-        timeouts: 0,
-        success_rate: 0.0,
-        late_sends: 0,
-        latency_corrected_ms: corrected.as_ref().map(HistogramSum::summary),
-        phases_ms: phases
+        duration_seconds: span.duration,
+        latency_ms: sums.total.summary(),
+        start_time: format_timestamp(span.start),
+        end_time: format_timestamp(span.end),
+        latency_corrected_ms: sums.corrected.as_ref().map(HistogramSum::summary),
+        phases_ms: sums
+            .phases
             .iter()
             .map(|(k, v)| (k.clone(), v.summary()))
             .collect(),
-        replies: BTreeMap::new(),
+        ..Metrics::default()
     };
     for (_, r) in inputs {
         let m = &r.metrics;
@@ -176,34 +256,46 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         add_counts(&mut metrics.replies, &m.replies);
     }
     metrics.success_rate = metrics.compute_success_rate();
-    metrics.messages_per_second = per_second(metrics.successful_messages, duration);
+    metrics.messages_per_second = per_second(metrics.successful_messages, span.duration);
+    metrics
+}
 
-    let (per_server, server_hists) = merge_servers(inputs, duration, &mut notes)?;
+/// The inputs' test type when they agree, else `merged`.
+fn common_test_type(inputs: &[(PathBuf, RunResult)]) -> String {
+    let first = &inputs[0].1.test_type;
+    if inputs.iter().all(|(_, r)| &r.test_type == first) {
+        first.clone()
+    } else {
+        "merged".to_string()
+    }
+}
 
-    let first = &inputs[0].1;
-    let all_same = |f: fn(&RunResult) -> String| inputs.iter().all(|(_, r)| f(r) == f(first));
+/// Every server of any input, once, in order of first appearance.
+fn union_of_servers(inputs: &[(PathBuf, RunResult)]) -> Vec<String> {
     let mut servers: Vec<String> = Vec::new();
-    for (_, r) in inputs {
-        for s in &r.servers {
-            if !servers.contains(s) {
-                servers.push(s.clone());
-            }
+    for s in inputs.iter().flat_map(|(_, r)| &r.servers) {
+        if !servers.contains(s) {
+            servers.push(s.clone());
         }
     }
-    let message_size = if metrics.total_messages > 0 {
-        let weighted: u128 = inputs
-            .iter()
-            .map(|(_, r)| r.message_size as u128 * r.metrics.total_messages as u128)
-            .sum();
-        (weighted / metrics.total_messages as u128) as u64
-    } else {
-        first.message_size
-    };
-    let sum_opt = |f: fn(&RunResult) -> Option<f64>| -> Option<f64> {
-        let v: Vec<f64> = inputs.iter().filter_map(|(_, r)| f(r)).collect();
-        (!v.is_empty()).then(|| v.iter().sum())
-    };
+    servers
+}
 
+/// The message size weighted by each input's message count.
+fn weighted_message_size(inputs: &[(PathBuf, RunResult)], total_messages: u64) -> u64 {
+    if total_messages == 0 {
+        return inputs[0].1.message_size;
+    }
+    let weighted: u128 = inputs
+        .iter()
+        .map(|(_, r)| r.message_size as u128 * r.metrics.total_messages as u128)
+        .sum();
+    (weighted / total_messages as u128) as u64
+}
+
+/// `run` of the merged result: its sources under `config.merged_from`, the
+/// generators' hosts joined.
+fn merged_run_info(inputs: &[(PathBuf, RunResult)]) -> RunInfo {
     let sources: Vec<serde_json::Value> = inputs
         .iter()
         .map(|(p, r)| {
@@ -217,59 +309,27 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
             })
         })
         .collect();
-    let hostnames: Vec<String> = inputs
-        .iter()
-        .filter_map(|(_, r)| r.run.as_ref().map(|x| x.host.hostname.clone()))
-        .collect();
-
-    let merged = RunResult {
-        schema: Some(SCHEMA_V1.to_string()),
-        test_type: if all_same(|r| r.test_type.clone()) {
-            first.test_type.clone()
-        } else {
-            "merged".to_string()
+    let runs = || inputs.iter().filter_map(|(_, r)| r.run.as_ref());
+    RunInfo {
+        name: "merged".to_string(),
+        interrupted: inputs.iter().any(|(_, r)| r.interrupted()),
+        config: serde_json::json!({ "merged_from": sources }),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_sha: None,
+        host: HostInfo {
+            hostname: runs()
+                .map(|x| x.host.hostname.clone())
+                .collect::<Vec<_>>()
+                .join("+"),
+            cpus: runs().map(|x| x.host.cpus).sum(),
+            os: inputs[0]
+                .1
+                .run
+                .as_ref()
+                .map_or_else(String::new, |x| x.host.os.clone()),
         },
-        servers,
-        port: first.port,
-        message_size,
-        // N generators with W workers each kept N×W sessions open.
-        concurrent_workers: sum_opt(|r| r.concurrent_workers.map(|w| w as f64)).map(|w| w as u64),
-        target_rate: sum_opt(|r| r.target_rate),
-        metrics,
-        generator_saturated: inputs.iter().any(|(_, r)| r.generator_saturated),
-        run: Some(RunInfo {
-            name: "merged".to_string(),
-            interrupted: inputs.iter().any(|(_, r)| r.interrupted()),
-            config: serde_json::json!({ "merged_from": sources }),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            git_sha: None,
-            host: HostInfo {
-                hostname: hostnames.join("+"),
-                cpus: inputs
-                    .iter()
-                    .filter_map(|(_, r)| r.run.as_ref().map(|x| x.host.cpus))
-                    .sum(),
-                os: first
-                    .run
-                    .as_ref()
-                    .map_or_else(String::new, |x| x.host.os.clone()),
-            },
-            generator: None,
-        }),
-        per_server,
-        timeline: merge_timelines(inputs, &offsets),
-        histograms: Some(Histograms {
-            total: total.encode()?,
-            corrected: corrected.as_ref().map(HistogramSum::encode).transpose()?,
-            phases: phases
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.encode()?)))
-                .collect::<anyhow::Result<_>>()?,
-            per_server: server_hists,
-        }),
-        resources: merge_resources(inputs, &offsets),
-    };
-    Ok((merged, notes))
+        generator: None,
+    }
 }
 
 fn per_second(n: u64, seconds: f64) -> f64 {
@@ -305,14 +365,7 @@ fn merge_servers(
                 (
                     ServerMetrics {
                         address: s.address.clone(),
-                        total_messages: 0,
-                        successful_messages: 0,
-                        failed_messages: 0,
-                        connection_errors: 0,
-                        timeouts: 0,
-                        messages_per_second: 0.0,
-                        latency_ms: LatencySummary::default(),
-                        error_breakdown: BTreeMap::new(),
+                        ..ServerMetrics::default()
                     },
                     Some(HistogramSum::new()),
                     Vec::new(),
@@ -396,11 +449,7 @@ fn merge_timelines(inputs: &[(PathBuf, RunResult)], offsets: &[f64]) -> Vec<Time
                 (
                     TimelinePoint {
                         t_s,
-                        sent: 0,
-                        ok: 0,
-                        failed: 0,
-                        p50_ms: 0.0,
-                        p99_ms: 0.0,
+                        ..TimelinePoint::default()
                     },
                     0.0,
                 )

@@ -83,6 +83,29 @@ fn default_size_and_legacy_files_draw_what_they_can() {
 }
 
 #[test]
+fn a_resource_series_of_one_sample_is_drawn_as_a_point() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-second run: one CPU/memory sample per server.
+    let mut a = Builder::burst(&spread(100, 1_000, 5_000), 1.0);
+    a.resources = true;
+    let a = a.write(dir.path(), "short.json");
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&["chart", s(&a), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let svg = std::fs::read_to_string(out_dir.join("resources.svg")).unwrap();
+    // Two servers, each in the CPU and the memory panel, in its own color.
+    let markers: Vec<&str> = svg.lines().filter(|l| l.contains("<circle")).collect();
+    assert_eq!(markers.len(), 4, "{svg}");
+    for color in ["#0072B2", "#D55E00"] {
+        assert_eq!(
+            markers.iter().filter(|l| l.contains(color)).count(),
+            2,
+            "{color}: {markers:?}"
+        );
+    }
+}
+
+#[test]
 fn unreadable_input_draws_nothing_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");

@@ -150,43 +150,172 @@ fn markdown_has_a_table_header_and_json_parses() {
     );
 }
 
-#[test]
-fn repeats_report_medians_and_noise() {
-    let dir = tempfile::tempdir().unwrap();
-    // Base p99 ≈ 19.8..21.8 ms, new ≈ 20.8..22.8 ms: ranges overlap.
-    let base: Vec<PathBuf> = [20_000, 21_000, 22_000]
-        .iter()
+/// One run per `hi`, latencies spanning 1 ms..`hi` µs (so p99 ≈ 0.99 × hi).
+fn runs(dir: &Path, prefix: &str, his: &[u64]) -> Vec<PathBuf> {
+    his.iter()
         .enumerate()
-        .map(|(i, hi)| run(dir.path(), &format!("b{i}.json"), 1_000, *hi))
-        .collect();
-    let new: Vec<PathBuf> = [21_000, 22_000, 23_000]
-        .iter()
-        .enumerate()
-        .map(|(i, hi)| run(dir.path(), &format!("n{i}.json"), 1_000, *hi))
-        .collect();
+        .map(|(i, hi)| run(dir, &format!("{prefix}{i}.json"), 1_000, *hi))
+        .collect()
+}
+
+/// `analyze compare --base BASE... --new NEW... EXTRA...`
+fn compare_groups(base: &[PathBuf], new: &[PathBuf], extra: &[&str]) -> common::Run {
     let mut args = vec!["compare", "--base"];
     args.extend(base.iter().map(|p| s(p)));
     args.push("--new");
     args.extend(new.iter().map(|p| s(p)));
-    let out = analyze(&args);
+    args.extend(extra);
+    analyze(&args)
+}
+
+#[test]
+fn three_runs_a_side_are_not_judged_and_the_output_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Base p99 ≈ 19.8..21.8 ms, new ≈ 20.8..22.8 ms: ranges overlap, +4.7%.
+    let base = runs(dir.path(), "b", &[20_000, 21_000, 22_000]);
+    let new = runs(dir.path(), "n", &[21_000, 22_000, 23_000]);
+    let out = compare_groups(&base, &new, &[]);
     assert_eq!(out.code, 0, "{}", out.stdout);
-    assert_eq!(verdict_of(&out.stdout, "latency p99 (ms)"), "within noise");
+    // Not silently called noise: the threshold decides, and a note says why.
+    assert_eq!(
+        verdict_of(&out.stdout, "latency p99 (ms)"),
+        "worse (within threshold)"
+    );
+    assert!(
+        out.stdout.contains(
+            "Note: 3 vs 3 runs: significance cannot be judged, since the smallest p-value \
+             these runs can give is 0.100"
+        ) && out
+            .stdout
+            .contains("At least 4 runs on each side are needed."),
+        "{}",
+        out.stdout
+    );
     // The median and the range of each side.
     assert!(out.stdout.contains("(19."), "{}", out.stdout);
 
     // Far apart: a regression even with repeats.
-    let slow: Vec<PathBuf> = [40_000, 41_000, 42_000]
-        .iter()
-        .enumerate()
-        .map(|(i, hi)| run(dir.path(), &format!("s{i}.json"), 1_000, *hi))
-        .collect();
-    let mut args = vec!["compare", "--base"];
-    args.extend(base.iter().map(|p| s(p)));
-    args.push("--new");
-    args.extend(slow.iter().map(|p| s(p)));
-    let out = analyze(&args);
+    let slow = runs(dir.path(), "s", &[40_000, 41_000, 42_000]);
+    let out = compare_groups(&base, &slow, &[]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert_eq!(verdict_of(&out.stdout, "latency p99 (ms)"), "REGRESSION");
+}
+
+#[test]
+fn five_runs_a_side_are_judged_by_the_u_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = runs(dir.path(), "b", &[20_000, 20_500, 21_000, 21_500, 22_000]);
+    // Interleaved with the base, median +6.7% (past the 5% threshold): U = 16 of
+    // 25, exact p = 138/252 = 0.548.
+    let mixed = runs(dir.path(), "m", &[19_700, 20_300, 22_400, 23_000, 24_000]);
+    let out = compare_groups(&base, &mixed, &[]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(
+        verdict_of(&out.stdout, "latency p99 (ms)"),
+        "not significant"
+    );
+    assert!(!out.stdout.contains("Note:"), "{}", out.stdout);
+    let p99 = common::row(&out.stdout, "latency p99 (ms)");
+    assert!(p99.contains(&"0.548"), "{p99:?}");
+
+    // Every new run slower than every base run: p = 2/252 = 0.008, +14%.
+    let slow = runs(dir.path(), "s", &[23_000, 23_500, 24_000, 24_500, 25_000]);
+    let out = compare_groups(&base, &slow, &[]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(verdict_of(&out.stdout, "latency p99 (ms)"), "REGRESSION");
+    let p99 = common::row(&out.stdout, "latency p99 (ms)");
+    assert!(p99.contains(&"0.008"), "{p99:?}");
+    let header = out.stdout.lines().find(|l| l.contains("figure")).unwrap();
+    assert!(
+        header.contains(" p ") && header.contains("shift (95% CI)"),
+        "{header}"
+    );
+    // The shift and its interval: new − base, about +3 ms, all above 0.
+    let shift = p99[6];
+    assert!(shift.starts_with('+') && shift.contains("[+"), "{shift}");
+
+    // Significant, but within a 20% threshold: worse, exit 0.
+    let out = compare_groups(&base, &slow, &["--threshold", "20%"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(
+        verdict_of(&out.stdout, "latency p99 (ms)"),
+        "worse (within threshold)"
+    );
+
+    let out = compare_groups(&base, &slow, &["--format", "markdown"]);
+    assert_eq!(out.code, 1);
+    let cells =
+        |line: &str| -> Vec<String> { line.split('|').map(|c| c.trim().to_string()).collect() };
+    let header = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| figure"))
+        .map(cells)
+        .unwrap();
+    assert!(
+        header.contains(&"p".to_string()) && header.contains(&"shift (95% CI)".to_string()),
+        "{header:?}"
+    );
+    let p99 = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| latency p99 "))
+        .map(cells)
+        .unwrap();
+    assert!(p99.contains(&"0.008".to_string()), "{p99:?}");
+
+    let out = compare_groups(&base, &slow, &["--format", "json"]);
+    assert_eq!(out.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output parses");
+    assert_eq!(v["alpha"], 0.05);
+    assert_eq!(v["notes"].as_array().unwrap().len(), 0);
+    let rows = v["rows"].as_array().unwrap();
+    let p99 = rows.iter().find(|r| r["figure"] == "p99").unwrap();
+    assert_eq!(p99["significance"], "significant");
+    assert_eq!(p99["verdict"], "regression");
+    assert_eq!(p99["test"]["method"], "exact");
+    let p = p99["test"]["p_value"].as_f64().unwrap();
+    assert!((p - 2.0 / 252.0).abs() < 1e-12, "{p}");
+    let ci = p99["test"]["shift_ci"].as_array().unwrap();
+    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    let shift = p99["test"]["shift"].as_f64().unwrap();
+    assert!(0.0 < lo && lo <= shift && shift <= hi, "{lo} {shift} {hi}");
+    // 5 vs 5: the next level at or above 95% is 1 − 2 × P(U ≤ 2) = 1 − 2 × 4/252.
+    let confidence = p99["test"]["ci_confidence"].as_f64().unwrap();
+    assert!(
+        (confidence - (1.0 - 8.0 / 252.0)).abs() < 1e-12,
+        "{confidence}"
+    );
+}
+
+#[test]
+fn one_run_a_side_says_significance_cannot_be_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = run(dir.path(), "base.json", 1_000, 20_000);
+    let new = run(dir.path(), "new.json", 1_000, 30_000);
+    let out = analyze(&["compare", s(&base), s(&new)]);
+    assert!(
+        out.stdout.contains(
+            "Note: 1 vs 1 runs: with one run on a side, significance cannot be judged; the \
+             verdicts use the threshold alone."
+        ),
+        "{}",
+        out.stdout
+    );
+    // No p column when nothing was tested.
+    let header = out.stdout.lines().find(|l| l.contains("figure")).unwrap();
+    assert!(!header.contains("shift"), "{header}");
+    let out = analyze(&["compare", s(&base), s(&new), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["notes"].as_array().unwrap().len(), 1);
+    let p99 = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["figure"] == "p99")
+        .unwrap();
+    assert_eq!(p99["significance"], "not_judged");
+    assert!(p99["test"].is_null());
 }
 
 #[test]
@@ -212,6 +341,37 @@ fn different_settings_are_warned_about_loudly() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn each_settings_warning_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = run(dir.path(), "base.json", 1_000, 20_000);
+    let mut other = Builder::burst(&spread(1000, 1_000, 20_000), 10.0);
+    other.workers = Some(50);
+    let new = other.write(dir.path(), "new.json");
+    let warning = "the runs differ in workers";
+    let count = |text: &str| text.matches(warning).count();
+
+    // The table is for a terminal: the warning goes to stderr, not again on stdout.
+    let out = analyze(&["compare", s(&base), s(&new)]);
+    assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
+    assert_eq!(count(&out.stdout), 0, "{}", out.stdout);
+
+    // A markdown document (a CI step summary) carries it itself.
+    let out = analyze(&["compare", s(&base), s(&new), "--format", "markdown"]);
+    assert_eq!(count(&out.stdout), 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("> **Warning:** the runs differ in workers")
+    );
+    assert_eq!(count(&out.stderr), 0, "{}", out.stderr);
+
+    // JSON keeps it as data, and a person running it still sees it once.
+    let out = analyze(&["compare", s(&base), s(&new), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
+    assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
 }
 
 #[test]

@@ -171,6 +171,13 @@ fn a_bad_file_argument_gets_one_line_and_exit_2() {
     let out = analyze(&["show", "/nonexistent/run.json"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/nonexistent/run.json: cannot read"));
+    // The reason is said once, not once per error in the chain.
+    assert_eq!(
+        out.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        out.stderr
+    );
     let out = analyze(&["list", "--dir", "/nonexistent"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/nonexistent"), "{}", out.stderr);

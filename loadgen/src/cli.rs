@@ -45,16 +45,18 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_WORKERS")]
     pub workers: Option<u32>,
 
-    /// Sustained mode: length of the run in seconds.
-    #[arg(long, env = "LOADGEN_DURATION", default_value_t = 60.0)]
-    pub duration: f64,
+    /// Sustained mode: length of the run (`90s`, `2m`, `1h30m`; a plain number is
+    /// seconds).
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "60")]
+    pub duration: String,
 
     /// Sustained mode: messages per second.
     #[arg(long, env = "LOADGEN_RATE", default_value_t = 50.0)]
     pub rate: f64,
 
     /// Message size: small|medium|large|xlarge (1 KiB/10 KiB/100 KiB/1 MiB), an exact
-    /// size (`2500`, `64KiB`, `1MiB`) or a weighted mix (`small=70,medium=25,large=5`).
+    /// size (`2500`, `64KiB`, `1MiB` binary, `10KB` decimal) or a weighted mix
+    /// (`small=70,medium=25,large=5`).
     #[arg(long, env = "LOADGEN_SIZE", default_value = "medium")]
     pub size: String,
 
@@ -78,9 +80,10 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_PIPELINING")]
     pub pipelining: bool,
 
-    /// Timeout of each SMTP operation (connect, each reply), in seconds.
-    #[arg(long, env = "LOADGEN_TIMEOUT", default_value_t = 30.0)]
-    pub timeout: f64,
+    /// Timeout of each SMTP operation (connect, each reply): `500ms`, `30s`, `2m`; a
+    /// plain number is seconds.
+    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "30")]
+    pub timeout: String,
 
     /// Envelope sender: an address, or a domain (`loadgen@<domain>`).
     #[arg(long, env = "LOADGEN_FROM", default_value = "stampede.test")]
@@ -103,15 +106,17 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_MONITOR_CONTAINERS", value_delimiter = ',')]
     pub monitor_containers: Vec<String>,
 
-    /// Sustained mode: a send is counted late when it starts more than this many
-    /// milliseconds after its scheduled time (smaller scheduling jitter is not late).
-    #[arg(long, env = "LOADGEN_LATE_TOLERANCE_MS", default_value_t = 10.0)]
-    pub late_tolerance_ms: f64,
+    /// Sustained mode: a send is counted late when it starts more than this long
+    /// after its scheduled time (smaller scheduling jitter is not late). A plain
+    /// number is milliseconds, as the name says; `1s`, `250ms` also work.
+    #[arg(long, env = "LOADGEN_LATE_TOLERANCE_MS", default_value = "10")]
+    pub late_tolerance_ms: String,
 
-    /// Seconds in-flight messages may take to finish after the run's end (sustained)
-    /// or after Ctrl-C; what is still running then is counted as failed ("aborted").
-    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value_t = 5.0)]
-    pub drain_timeout: f64,
+    /// Time in-flight messages may take to finish after the run's end (sustained)
+    /// or after Ctrl-C (`500ms`, `5s`; a plain number is seconds); what is still
+    /// running then is counted as failed ("aborted").
+    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "5")]
+    pub drain_timeout: String,
 
     /// Threads of the generator's runtime; 0 = one per core, 1 = a single thread.
     #[arg(long, env = "LOADGEN_THREADS", default_value_t = 0)]

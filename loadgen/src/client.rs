@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub use report::Phase;
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,28 +26,20 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// TIME_WAIT lands on the server side and a long run does not exhaust local ports.
 const CLOSE_WAIT: Duration = Duration::from_millis(200);
 
-/// The protocol phases of a message, in order (index into `report::PHASES`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Connect = 0,
-    Banner = 1,
-    Ehlo = 2,
-    Mail = 3,
-    Rcpt = 4,
-    Data = 5,
-    Eod = 6,
-    Quit = 7,
-}
-
 /// Duration of each phase a message went through, microseconds.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PhaseTimings(pub [Option<u64>; 8]);
+pub struct PhaseTimings(pub [Option<u64>; Phase::COUNT]);
 
 impl PhaseTimings {
     fn set(&mut self, phase: Phase, since: Instant) -> Instant {
         let now = Instant::now();
-        self.0[phase as usize] = Some(micros(now - since));
+        self.0[phase.index()] = Some(micros(now - since));
         now
+    }
+
+    /// How long `phase` took, if it got its reply.
+    pub fn get(&self, phase: Phase) -> Option<u64> {
+        self.0[phase.index()]
     }
 }
 
@@ -72,17 +66,18 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// The `error_breakdown` key: the code, or the class of failure.
-    pub fn key(self) -> ErrorKey {
+    /// The class of a failure other than a reply, the first half of its
+    /// `<class>:<phase>` key.
+    fn class(self) -> &'static str {
         match self {
-            FailureKind::Reply(c) => ErrorKey::Code(c),
-            FailureKind::ConnectionRefused => ErrorKey::Class("connection_refused"),
-            FailureKind::ConnectionReset => ErrorKey::Class("connection_reset"),
-            FailureKind::ConnectionClosed => ErrorKey::Class("connection_closed"),
-            FailureKind::Timeout => ErrorKey::Class("timeout"),
-            FailureKind::Protocol => ErrorKey::Class("protocol_error"),
-            FailureKind::Io => ErrorKey::Class("io_error"),
-            FailureKind::Aborted => ErrorKey::Class("aborted"),
+            FailureKind::Reply(_) => "reply",
+            FailureKind::ConnectionRefused => "refused",
+            FailureKind::ConnectionReset => "reset",
+            FailureKind::ConnectionClosed => "closed",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Io => "io",
+            FailureKind::Aborted => "aborted",
         }
     }
 
@@ -125,18 +120,20 @@ impl FailureKind {
     }
 }
 
-/// A key of `error_breakdown` / `replies`, kept allocation-free until the end.
+/// A key of `error_breakdown`, kept allocation-free until the end: a reply code
+/// (`421`), or a failure class and the phase it happened in (`timeout:banner`,
+/// `refused:connect`), so a stalled accept queue and a slow disk read apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKey {
     Code(u16),
-    Class(&'static str),
+    Class(&'static str, Phase),
 }
 
 impl std::fmt::Display for ErrorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ErrorKey::Code(c) => write!(f, "{c}"),
-            ErrorKey::Class(s) => f.write_str(s),
+            ErrorKey::Class(class, phase) => write!(f, "{class}:{phase}"),
         }
     }
 }
@@ -148,15 +145,23 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The `error_breakdown` key: the reply code, or `<class>:<phase>`.
+    pub fn key(&self) -> ErrorKey {
+        match self.kind {
+            FailureKind::Reply(c) => ErrorKey::Code(c),
+            kind => ErrorKey::Class(kind.class(), self.phase),
+        }
+    }
+
     /// The connection cannot be used after this failure.
     pub fn kills_connection(&self) -> bool {
         !matches!(self.kind, FailureKind::Reply(c) if c != 421)
     }
 }
 
-/// The settings a session needs.
+/// What every connection of a run is opened with (from the flags).
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
+pub struct ClientSettings {
     pub helo: String,
     pub from: String,
     pub recipients: Vec<String>,
@@ -164,22 +169,24 @@ pub struct SessionSettings {
     pub pipelining: bool,
 }
 
-/// Commands prepared once per run: `MAIL FROM`, the `RCPT TO`s, `DATA`.
+/// The command lines a connection sends, built once per run (and message size)
+/// so the hot path only copies bytes: `EHLO`, `MAIL FROM` with `SIZE=`, the
+/// `RCPT TO`s.
 #[derive(Debug, Clone)]
-pub struct Envelope {
+pub struct PreparedCommands {
     ehlo: Vec<u8>,
     mail: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
 }
 
-impl Envelope {
-    pub fn new(s: &SessionSettings, message_size: Option<u64>) -> Self {
+impl PreparedCommands {
+    pub fn new(s: &ClientSettings, message_size: Option<u64>) -> Self {
         let mail = match message_size {
             // RFC 1870: declare the size so a server can refuse early.
             Some(n) => format!("MAIL FROM:<{}> SIZE={n}\r\n", s.from),
             None => format!("MAIL FROM:<{}>\r\n", s.from),
         };
-        Envelope {
+        PreparedCommands {
             ehlo: format!("EHLO {}\r\n", s.helo).into_bytes(),
             mail: mail.into_bytes(),
             rcpts: s
@@ -191,8 +198,8 @@ impl Envelope {
     }
 }
 
-/// An open SMTP session, after a successful EHLO.
-pub struct Session {
+/// The client side of an open SMTP connection, after a successful EHLO.
+pub struct SmtpConnection {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     line: Vec<u8>,
@@ -230,14 +237,14 @@ fn expect(code: u16, class: u16) -> Result<(), FailureKind> {
     }
 }
 
-impl Session {
+impl SmtpConnection {
     /// Connects, reads the banner and says EHLO, timing each step into `t`.
     pub async fn open(
         addr: SocketAddr,
-        s: &SessionSettings,
-        env: &Envelope,
+        s: &ClientSettings,
+        cmds: &PreparedCommands,
         t: &mut PhaseTimings,
-    ) -> Result<Session, Failure> {
+    ) -> Result<SmtpConnection, Failure> {
         let start = Instant::now();
         let stream = timed(s.timeout, Phase::Connect, async {
             TcpStream::connect(addr).await.map_err(io)
@@ -246,7 +253,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let mut at = t.set(Phase::Connect, start);
         let (r, w) = stream.into_split();
-        let mut session = Session {
+        let mut session = SmtpConnection {
             reader: BufReader::new(r),
             writer: BufWriter::with_capacity(WRITE_BUFFER, w),
             line: Vec::with_capacity(256),
@@ -262,17 +269,12 @@ impl Session {
                 kind: FailureKind::Reply(code),
             });
         }
-        session.send(Phase::Ehlo, &env.ehlo).await?;
+        session.send(Phase::Ehlo, &cmds.ehlo).await?;
         let (code, pipelining) = session.reply(Phase::Ehlo, true).await?;
         t.set(Phase::Ehlo, at);
         check(Phase::Ehlo, code, 2)?;
         session.pipelining = s.pipelining && pipelining;
         Ok(session)
-    }
-
-    /// Whether MAIL/RCPT/DATA go out in one write.
-    pub fn pipelining(&self) -> bool {
-        self.pipelining
     }
 
     /// After this failure, can the session carry another transaction?
@@ -285,7 +287,7 @@ impl Session {
     /// code it returns.
     pub async fn transaction(
         &mut self,
-        env: &Envelope,
+        cmds: &PreparedCommands,
         headers: &[u8],
         body: &[u8],
         t: &mut PhaseTimings,
@@ -293,13 +295,13 @@ impl Session {
         let mut at = Instant::now();
         if self.pipelining {
             self.writer
-                .write_all(&env.mail)
+                .write_all(&cmds.mail)
                 .await
                 .map_err(|e| Failure {
                     phase: Phase::Mail,
                     kind: io(e),
                 })?;
-            for r in &env.rcpts {
+            for r in &cmds.rcpts {
                 self.writer.write_all(r).await.map_err(|e| Failure {
                     phase: Phase::Rcpt,
                     kind: io(e),
@@ -311,7 +313,7 @@ impl Session {
             closing(Phase::Mail, mail)?;
             at = t.set(Phase::Mail, at);
             let mut rcpt_fail = None;
-            for _ in &env.rcpts {
+            for _ in &cmds.rcpts {
                 let (c, _) = self.reply(Phase::Rcpt, false).await?;
                 closing(Phase::Rcpt, c)?;
                 if c / 100 != 2 && rcpt_fail.is_none() {
@@ -339,11 +341,11 @@ impl Session {
             }
             check(Phase::Data, data, 3)?;
         } else {
-            self.send(Phase::Mail, &env.mail).await?;
+            self.send(Phase::Mail, &cmds.mail).await?;
             let (c, _) = self.reply(Phase::Mail, false).await?;
             at = t.set(Phase::Mail, at);
             check(Phase::Mail, c, 2)?;
-            for r in &env.rcpts {
+            for r in &cmds.rcpts {
                 self.send(Phase::Rcpt, r).await?;
                 let (c, _) = self.reply(Phase::Rcpt, false).await?;
                 check(Phase::Rcpt, c, 2)?;
@@ -376,15 +378,31 @@ impl Session {
         check(Phase::Mail, c, 2)
     }
 
-    /// QUIT, timed into `t`; then waits briefly for the server to close first.
-    pub async fn quit(mut self, t: &mut PhaseTimings) -> Result<(), Failure> {
+    /// QUIT, timed into `t`: the phase (and a message's total) ends at the 221.
+    /// Waiting for the server to close is [`SmtpConnection::close`]'s job, done after
+    /// message is recorded, so a server that keeps the socket open does not look
+    /// slower.
+    pub async fn quit(&mut self, t: &mut PhaseTimings) -> Result<(), Failure> {
         let at = Instant::now();
         self.send(Phase::Quit, b"QUIT\r\n").await?;
         let (c, _) = self.reply(Phase::Quit, false).await?;
         t.set(Phase::Quit, at);
+        check(Phase::Quit, c, 2)
+    }
+
+    /// After QUIT: waits briefly for the server to close first, so the socket's
+    /// TIME_WAIT lands on the server side and a long run does not exhaust local
+    /// ports; then drops the connection.
+    pub async fn close(mut self) {
         let mut sink = [0u8; 64];
         let _ = timeout(CLOSE_WAIT.min(self.timeout), self.reader.read(&mut sink)).await;
-        check(Phase::Quit, c, 2)
+    }
+
+    /// QUIT and close, untimed: for sessions that carry no message.
+    pub async fn quit_and_close(mut self) {
+        if self.quit(&mut PhaseTimings::default()).await.is_ok() {
+            self.close().await;
+        }
     }
 
     async fn send(&mut self, phase: Phase, bytes: &[u8]) -> Result<(), Failure> {
@@ -473,14 +491,24 @@ mod tests {
 
     #[test]
     fn failures_have_stable_keys() {
-        assert_eq!(FailureKind::Reply(421).key().to_string(), "421");
-        assert_eq!(FailureKind::Timeout.key().to_string(), "timeout");
-        assert!(FailureKind::ConnectionRefused.is_connection_error());
-        assert!(!FailureKind::Timeout.is_connection_error());
         let f = |kind| Failure {
             phase: Phase::Mail,
             kind,
         };
+        let at = |phase, kind| Failure { phase, kind }.key().to_string();
+        assert_eq!(f(FailureKind::Reply(421)).key().to_string(), "421");
+        assert_eq!(at(Phase::Banner, FailureKind::Timeout), "timeout:banner");
+        assert_eq!(at(Phase::Eod, FailureKind::Timeout), "timeout:eod");
+        assert_eq!(
+            at(Phase::Connect, FailureKind::ConnectionRefused),
+            "refused:connect"
+        );
+        assert_eq!(
+            at(Phase::Data, FailureKind::ConnectionClosed),
+            "closed:data"
+        );
+        assert!(FailureKind::ConnectionRefused.is_connection_error());
+        assert!(!FailureKind::Timeout.is_connection_error());
         assert!(!f(FailureKind::Reply(550)).kills_connection());
         assert!(f(FailureKind::Reply(421)).kills_connection());
         assert!(f(FailureKind::Timeout).kills_connection());

@@ -32,6 +32,16 @@ pub const DEFAULT_BURST_WORKERS: u32 = 10;
 /// per-IP connection limit (50).
 pub const DEFAULT_SUSTAINED_WORKERS: u32 = 50;
 
+/// `--duration`: a millisecond up to a week.
+const DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(7 * 86400));
+/// `--timeout`: a millisecond up to an hour.
+const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
+/// `--late-tolerance-ms`: none up to a minute.
+const LATE_TOLERANCE_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
+/// `--drain-timeout`: none up to an hour.
+const DRAIN_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("--{flag}: {problem}")]
@@ -140,32 +150,19 @@ impl SizeSpec {
     }
 }
 
-/// Parses `medium`, `2500`, `64KiB`, `1.5MiB`, `10kb` (decimal) ...
+/// Parses a named size (`medium`) or an exact one in the shared grammar of
+/// [`units::parse_size`] (`2500`, `64KiB`, `1.5MiB`, `10KB`; a bare `10k` is refused).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if let Some((_, b)) = NAMED_SIZES.iter().find(|(n, _)| n.eq_ignore_ascii_case(t)) {
         return Ok(*b);
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a size (small, medium, large, xlarge, 2500, 64KiB, 1MiB)")
-    })?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "kb" => 1000.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "mb" => 1_000_000.0,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (use B, KiB, KB, MiB, MB)"
-            ));
+    let bytes = units::parse_size(t).map_err(|e| match e {
+        units::UnitError::BadSize { .. } => {
+            format!("{s:?} is not a size (small, medium, large, xlarge, 2500, 64KiB, 1MiB, 10KB)")
         }
-    };
-    let bytes = (n * mult).round() as u64;
+        other => other.to_string(),
+    })?;
     if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&bytes) {
         return Err(format!(
             "{s:?} = {bytes} bytes, outside {MIN_MESSAGE_SIZE}..={MAX_MESSAGE_SIZE}"
@@ -281,14 +278,59 @@ mod secs {
     }
 }
 
-fn seconds(flag: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < min || v > max {
+/// How a plain number given to a duration flag is read, which is also the unit
+/// its bounds are shown in.
+#[derive(Debug, Clone, Copy)]
+enum Plain {
+    Seconds,
+    /// `--late-tolerance-ms`: milliseconds, as the name says.
+    Millis,
+}
+
+impl Plain {
+    fn number(self, d: Duration) -> f64 {
+        match self {
+            Plain::Seconds => d.as_secs_f64(),
+            Plain::Millis => d.as_secs_f64() * 1000.0,
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Plain::Seconds => "s",
+            Plain::Millis => "ms",
+        }
+    }
+}
+
+/// A duration flag in the shared grammar of [`units::parse_duration`] (`150ms`,
+/// `30s`, `2m`, `1h30m`), checked against `min..=max`. Errors quote the value as
+/// given and show the bounds in the unit of a plain number.
+fn duration_flag(
+    flag: &'static str,
+    given: &str,
+    plain: Plain,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, ConfigError> {
+    let text = given.trim();
+    let is_plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let d = match plain {
+        Plain::Millis if is_plain => units::parse_duration(text).map(|d| d / 1000),
+        _ => units::parse_duration(text),
+    }
+    .map_err(|e| invalid(flag, e.to_string()))?;
+    if d < min || d > max {
         return Err(invalid(
             flag,
-            format!("{v} is outside {min}..={max} seconds"),
+            format!(
+                "{text} is outside {}..={} {}",
+                plain.number(min),
+                plain.number(max),
+                plain.unit()
+            ),
         ));
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(d)
 }
 
 fn mailbox(
@@ -362,7 +404,8 @@ impl Config {
                         format!("{} must be in (0, 1000000]", a.rate),
                     ));
                 }
-                let duration = seconds("duration", a.duration, 0.001, 7.0 * 86400.0)?;
+                let duration =
+                    duration_flag("duration", &a.duration, Plain::Seconds, DURATION_RANGE)?;
                 if (a.rate * duration.as_secs_f64()).round() < 1.0 {
                     return Err(invalid(
                         "duration",
@@ -371,7 +414,7 @@ impl Config {
                 }
                 Mode::Sustained {
                     rate: a.rate,
-                    duration: a.duration,
+                    duration: duration.as_secs_f64(),
                     workers: workers(DEFAULT_SUSTAINED_WORKERS)?,
                 }
             }
@@ -383,12 +426,22 @@ impl Config {
         if a.rcpts == 0 || a.rcpts > MAX_RCPTS {
             return Err(invalid("rcpts", format!("must be 1..={MAX_RCPTS}")));
         }
-        let timeout = seconds("timeout", a.timeout, 0.001, 3600.0)?;
-        let late_tolerance = seconds("late-tolerance-ms", a.late_tolerance_ms / 1000.0, 0.0, 60.0)?;
+        let timeout = duration_flag("timeout", &a.timeout, Plain::Seconds, TIMEOUT_RANGE)?;
+        let late_tolerance = duration_flag(
+            "late-tolerance-ms",
+            &a.late_tolerance_ms,
+            Plain::Millis,
+            LATE_TOLERANCE_RANGE,
+        )?;
         if a.threads > 1024 {
             return Err(invalid("threads", "must be 0..=1024"));
         }
-        let drain_timeout = seconds("drain-timeout", a.drain_timeout, 0.0, 3600.0)?;
+        let drain_timeout = duration_flag(
+            "drain-timeout",
+            &a.drain_timeout,
+            Plain::Seconds,
+            DRAIN_RANGE,
+        )?;
         let (from_local, from_domain) = mailbox("from", &a.from, "loadgen")?;
         let (to_local, to_domain) = mailbox("to", &a.to, "user")?;
         let recipients = if a.rcpts == 1 {
@@ -547,6 +600,62 @@ mod tests {
                 .unwrap_err()
                 .contains("--test-type")
         );
+    }
+
+    #[test]
+    fn durations_take_units_or_plain_seconds() {
+        let c = cli(&["--timeout", "150ms", "--drain-timeout", "2m"]).unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(150));
+        assert_eq!(c.drain_timeout, Duration::from_secs(120));
+        let c = cli(&[
+            "--mode",
+            "sustained",
+            "--duration",
+            "1h30m",
+            "--timeout",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Sustained {
+                rate: 50.0,
+                duration: 5400.0,
+                workers: DEFAULT_SUSTAINED_WORKERS
+            }
+        );
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        let c = cli(&["--mode", "sustained", "--duration", "1.5"]).unwrap();
+        assert!(matches!(c.mode, Mode::Sustained { duration, .. } if duration == 1.5));
+        // A plain number is milliseconds, as the flag's name says; a unit is honoured.
+        let tolerance = |v| cli(&["--late-tolerance-ms", v]).unwrap().late_tolerance;
+        assert_eq!(tolerance("25"), Duration::from_millis(25));
+        assert_eq!(tolerance("0.5"), Duration::from_micros(500));
+        assert_eq!(tolerance("1s"), Duration::from_secs(1));
+        let err = cli(&["--timeout", "soon"]).unwrap_err();
+        assert!(
+            err.contains("--timeout") && err.contains("\"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = cli(&["--timeout", "2h"]).unwrap_err();
+        assert_eq!(err, "--timeout: 2h is outside 0.001..=3600 s");
+        let err = cli(&["--late-tolerance-ms", "2m"]).unwrap_err();
+        assert_eq!(err, "--late-tolerance-ms: 2m is outside 0..=60000 ms");
+    }
+
+    #[test]
+    fn sizes_use_the_shared_grammar_and_refuse_a_bare_k() {
+        assert_eq!(parse_size("10KB").unwrap(), 10_000);
+        assert_eq!(parse_size("10KiB").unwrap(), 10_240);
+        let err = cli(&["--size", "10k"]).unwrap_err();
+        assert!(
+            err.contains("--size")
+                && err.contains("10KiB (10240 bytes)")
+                && err.contains("10KB (10000 bytes)"),
+            "{err}"
+        );
+        let err = cli(&["--size", "small=1,2m=1"]).unwrap_err();
+        assert!(err.contains("--size") && err.contains("ambiguous"), "{err}");
     }
 
     #[test]

@@ -1,22 +1,32 @@
 //! Stampede's SMTP load generator as a library: [`run`] drives the servers of a
 //! [`Config`] and returns the [`RunResult`]; the `loadgen` binary is a thin wrapper
-//! (flags, Ctrl-C, writing the file, the summary).
+//! (flags, Ctrl-C, writing the file, the [`summary`]).
 //!
-//! Generation ([`schedule`], [`client`], [`message`], [`worker`]), measurement
-//! ([`stats`]) and presentation ([`progress`], [`result`]) are separate modules:
-//! the printer never measures and the client never formats.
+//! A map of the crate (modules are private; what the binary and the tests use is
+//! re-exported here):
+//! - settings: `cli` (the flags), `config` (checked, every error naming its flag);
+//! - generation: `schedule` (closed and open models, the timetable and its
+//!   dispatcher), `worker` (one session at a time to one server), `client` (one SMTP
+//!   connection, timed phase by phase), `message` (bodies prepared once);
+//! - measurement: `stats` (histograms and counters), `containers` (the servers' CPU
+//!   and memory);
+//! - presentation: `progress` (the live line and the summary), `result` (the
+//!   [`report`] model filled in).
+//!
+//! The printer never measures and the client never formats.
 
-pub mod cli;
-pub mod client;
-pub mod config;
+mod cli;
+mod client;
+mod config;
 mod containers;
-pub mod message;
-pub mod progress;
-pub mod result;
-pub mod schedule;
-pub mod stats;
-pub mod worker;
+mod message;
+mod progress;
+mod result;
+mod schedule;
+mod stats;
+mod worker;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +36,14 @@ use report::RunResult;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, Mode};
+pub use config::{Config, ConfigError, Mode};
+pub use progress::summary;
 
-use crate::client::{Envelope, PhaseTimings, Session, SessionSettings};
+use crate::client::{ClientSettings, PhaseTimings, PreparedCommands, SmtpConnection};
+use crate::containers::ContainerMonitor;
 use crate::message::MessageFactory;
 use crate::result::{ProcessUsage, RunFacts};
-use crate::schedule::{Dispatcher, Plan, Timetable, workers_for};
+use crate::schedule::{Dispatcher, Gates, Plan, Timetable, workers_for};
 use crate::stats::Stats;
 use crate::worker::RunShared;
 
@@ -50,104 +62,228 @@ const CONTAINER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result<RunResult> {
     let addrs = resolve(&config).await?;
     if config.preflight {
-        for (addr, name) in addrs.iter().zip(&config.servers) {
-            preflight(*addr, &config.helo).await.with_context(|| {
-                if name.to_string() == addr.to_string() {
-                    format!("server {name} is not usable")
-                } else {
-                    format!("server {name} ({addr}) is not usable")
-                }
-            })?;
-        }
+        preflight_all(&config, &addrs).await?;
     }
-    let monitor = if config.monitor_containers.is_empty() {
-        None
-    } else {
-        Some(
-            containers::ContainerMonitor::start(
-                config.monitor_containers.clone(),
-                CONTAINER_SAMPLE_INTERVAL,
-            )
-            .await
-            .context("--monitor-containers")?,
-        )
-    };
+    let monitor = start_monitor(&config).await?;
+    let run_id = new_run_id();
+    let load = prepare(&config, &run_id)?;
 
-    let run_id = format!(
+    let usage_before = ProcessUsage::now();
+    let start = chrono::Utc::now();
+    let origin = Instant::now();
+    let plan = RunPlan::new(&config, origin);
+    let (dispatcher, gates) = start_dispatcher(&plan, config.late_tolerance)?;
+    let shared = Arc::new(RunShared {
+        plan: Plan::new(plan.total, plan.pools.len(), plan.timetable),
+        addrs,
+        settings: load.settings,
+        factory: load.factory,
+        commands: load.commands,
+        msgs_per_conn: config.msgs_per_conn,
+        late_tolerance: config.late_tolerance,
+        stats: Mutex::new(Stats::new(
+            origin,
+            plan.pools.len(),
+            plan.timetable.is_some(),
+        )),
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        gates,
+    });
+    let workers = spawn_workers(&shared, &plan.pools);
+    let progress = config.progress.then(|| Progress::start(&shared));
+
+    // Sustained runs end on time: whatever is still in flight at the end of the
+    // window plus the drain timeout is aborted and counted.
+    let abort_at = plan.window.map(|w| origin + w + config.drain_timeout);
+    let drain = config.drain_timeout;
+    let interrupted_at = wait_for_workers(
+        workers,
+        &shared,
+        dispatcher.as_ref(),
+        &interrupt,
+        abort_at,
+        drain,
+    )
+    .await;
+
+    let done = teardown(shared, dispatcher, progress, monitor).await;
+    let mut stats = done.stats;
+    let end = run_end(&stats, origin, plan.window, interrupted_at);
+    let facts = RunFacts {
+        config: &config,
+        run_id: &run_id,
+        start,
+        duration: end - origin,
+        interrupted: interrupted_at.is_some(),
+        usage_before,
+        usage_after: done.usage_after,
+        resources: done.resources,
+    };
+    result::build(&mut stats, facts)
+}
+
+/// Checks every server before the run; the error names the server as given.
+async fn preflight_all(config: &Config, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    for (addr, name) in addrs.iter().zip(&config.servers) {
+        preflight(*addr, &config.helo).await.with_context(|| {
+            if name.to_string() == addr.to_string() {
+                format!("server {name} is not usable")
+            } else {
+                format!("server {name} ({addr}) is not usable")
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts sampling the containers of `--monitor-containers`, if any.
+async fn start_monitor(config: &Config) -> anyhow::Result<Option<ContainerMonitor>> {
+    if config.monitor_containers.is_empty() {
+        return Ok(None);
+    }
+    let names = config.monitor_containers.clone();
+    let monitor = ContainerMonitor::start(names, CONTAINER_SAMPLE_INTERVAL)
+        .await
+        .context("--monitor-containers")?;
+    Ok(Some(monitor))
+}
+
+/// The run's id, in `X-Stampede-Run` and `run.config.run_id`: start time and a
+/// random part, so two generators started in the same second differ.
+fn new_run_id() -> String {
+    format!(
         "{}-{:08x}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
         rand::random::<u32>()
-    );
-    let factory = MessageFactory::new(&config, &run_id).context("building the message template")?;
-    let settings = SessionSettings {
+    )
+}
+
+/// What every message of the run is made of, prepared before the clock starts.
+struct PreparedLoad {
+    factory: MessageFactory,
+    settings: ClientSettings,
+    /// One per prepared body (they differ in `SIZE=`).
+    commands: Vec<PreparedCommands>,
+}
+
+fn prepare(config: &Config, run_id: &str) -> anyhow::Result<PreparedLoad> {
+    let factory = MessageFactory::new(config, run_id).context("building the message template")?;
+    let settings = ClientSettings {
         helo: config.helo.clone(),
         from: config.from.clone(),
         recipients: config.recipients.clone(),
         timeout: config.timeout,
         pipelining: config.pipelining,
     };
-    let envelopes = factory
+    let commands = factory
         .bodies()
         .iter()
-        .map(|b| Envelope::new(&settings, Some(b.size)))
+        .map(|b| PreparedCommands::new(&settings, Some(b.size)))
         .collect();
-
-    let usage_before = ProcessUsage::now();
-    let start_wall = chrono::Utc::now();
-    let origin = Instant::now();
-    let servers = config.servers.len();
-    let (total, timetable, window) = match config.mode {
-        Mode::Burst { messages, .. } => (messages, None, None),
-        Mode::Sustained { rate, duration, .. } => (
-            (rate * duration).round() as u64,
-            Some(Timetable {
-                start: origin,
-                rate,
-            }),
-            Some(Duration::from_secs_f64(duration)),
-        ),
-    };
-    let pools: Vec<u32> = (0..servers)
-        .map(|s| workers_for(s, servers, config.mode.workers()))
-        .collect();
-    let (dispatcher, gates) = match timetable {
-        Some(tt) => {
-            let (d, g) = Dispatcher::spawn(tt, total, pools.clone(), config.late_tolerance)
-                .context("starting the dispatcher thread")?;
-            (Some(d), Some(g))
-        }
-        None => (None, None),
-    };
-    let shared = Arc::new(RunShared {
-        plan: Plan::new(total, servers, timetable),
-        addrs,
-        settings,
+    Ok(PreparedLoad {
         factory,
-        envelopes,
-        msgs_per_conn: config.msgs_per_conn,
-        late_tolerance: config.late_tolerance,
-        stats: Mutex::new(Stats::new(origin, servers, timetable.is_some())),
-        stop: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        gates,
-    });
+        settings,
+        commands,
+    })
+}
 
-    let mut set = JoinSet::new();
-    let mut seed = 0u64;
-    for (s, &pool) in pools.iter().enumerate() {
-        for _ in 0..pool {
-            seed += 1;
-            set.spawn(worker::run_worker(Arc::clone(&shared), s, seed));
+/// How many messages, on which timetable, over how many sessions per server.
+struct RunPlan {
+    total: u64,
+    /// The open model's due times; `None` in the closed model.
+    timetable: Option<Timetable>,
+    /// The open model's length.
+    window: Option<Duration>,
+    /// Sessions per server.
+    pools: Vec<u32>,
+}
+
+impl RunPlan {
+    fn new(config: &Config, origin: Instant) -> Self {
+        let servers = config.servers.len();
+        let (total, timetable, window) = match config.mode {
+            Mode::Burst { messages, .. } => (messages, None, None),
+            Mode::Sustained { rate, duration, .. } => (
+                (rate * duration).round() as u64,
+                Some(Timetable {
+                    start: origin,
+                    rate,
+                }),
+                Some(Duration::from_secs_f64(duration)),
+            ),
+        };
+        let pools = (0..servers)
+            .map(|s| workers_for(s, servers, config.mode.workers()))
+            .collect();
+        RunPlan {
+            total,
+            timetable,
+            window,
+            pools,
         }
     }
-    let progress_done = CancellationToken::new();
-    let progress = config
-        .progress
-        .then(|| progress::spawn(Arc::clone(&shared), progress_done.clone()));
+}
 
-    // Sustained runs end on time: whatever is still in flight at the end of the
-    // window plus the drain timeout is aborted and counted.
-    let mut abort_at = window.map(|w| origin + w + config.drain_timeout);
+/// The open model's dispatcher thread and the gates it opens; nothing in the
+/// closed model.
+fn start_dispatcher(
+    plan: &RunPlan,
+    late_tolerance: Duration,
+) -> anyhow::Result<(Option<Dispatcher>, Option<Gates>)> {
+    let Some(timetable) = plan.timetable else {
+        return Ok((None, None));
+    };
+    let (dispatcher, gates) =
+        Dispatcher::spawn(timetable, plan.total, plan.pools.clone(), late_tolerance)
+            .context("starting the dispatcher thread")?;
+    Ok((Some(dispatcher), Some(gates)))
+}
+
+/// One task per session: `pools[s]` workers for server `s`, each with its own seed.
+fn spawn_workers(shared: &Arc<RunShared>, pools: &[u32]) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    let mut seed = 0u64;
+    for (server, &pool) in pools.iter().enumerate() {
+        for _ in 0..pool {
+            seed += 1;
+            set.spawn(worker::run_worker(Arc::clone(shared), server, seed));
+        }
+    }
+    set
+}
+
+/// The live progress line and what stops it.
+struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    done: CancellationToken,
+}
+
+impl Progress {
+    fn start(shared: &Arc<RunShared>) -> Self {
+        let done = CancellationToken::new();
+        let task = progress::spawn(Arc::clone(shared), done.clone());
+        Progress { task, done }
+    }
+
+    async fn finish(self) {
+        self.done.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until every worker has ended. Ctrl-C (`interrupt`) stops new messages and
+/// gives the ones in flight the drain time; at `abort_at` (or the end of that drain
+/// time, whichever is first) whatever still runs is aborted. Returns when Ctrl-C
+/// came, if it did.
+async fn wait_for_workers(
+    mut workers: JoinSet<()>,
+    shared: &RunShared,
+    dispatcher: Option<&Dispatcher>,
+    interrupt: &CancellationToken,
+    mut abort_at: Option<Instant>,
+    drain: Duration,
+) -> Option<Instant> {
     let mut interrupted_at = None;
     loop {
         let abort_sleep = async {
@@ -157,7 +293,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
             }
         };
         tokio::select! {
-            joined = set.join_next() => match joined {
+            joined = workers.join_next() => match joined {
                 None => break,
                 Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Some(_) => {}
@@ -166,30 +302,47 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
                 let now = Instant::now();
                 interrupted_at = Some(now);
                 shared.stop.cancel();
-                if let Some(d) = &dispatcher {
+                if let Some(d) = dispatcher {
                     d.stop();
                 }
-                let t = now + config.drain_timeout;
+                let t = now + drain;
                 abort_at = Some(abort_at.map_or(t, |a| a.min(t)));
             }
             _ = abort_sleep, if !shared.abort.is_cancelled() => shared.abort.cancel(),
         }
     }
-    progress_done.cancel();
+    interrupted_at
+}
+
+/// What the run leaves once its workers have ended.
+struct Finished {
+    stats: Stats,
+    usage_after: ProcessUsage,
+    resources: BTreeMap<String, Vec<report::ResourceSample>>,
+}
+
+/// Stops the progress line, the dispatcher and the container monitor, and takes
+/// the statistics. The generator's own usage is read before the monitor's last
+/// sample, which may wait for the engine.
+async fn teardown(
+    shared: Arc<RunShared>,
+    dispatcher: Option<Dispatcher>,
+    progress: Option<Progress>,
+    monitor: Option<ContainerMonitor>,
+) -> Finished {
+    if let Some(p) = progress {
+        p.finish().await;
+    }
     // Every worker has ended, so the dispatcher has nothing left to release.
     let generator_late = dispatcher.map_or(0, |d| {
         d.stop();
         d.join()
     });
-    if let Some(p) = progress {
-        let _ = p.await;
-    }
     let usage_after = ProcessUsage::now();
     let resources = match monitor {
         Some(m) => m.finish().await,
         None => Default::default(),
     };
-
     let mut stats = Arc::try_unwrap(shared)
         .ok()
         .expect("every worker has ended")
@@ -197,25 +350,27 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         .into_inner()
         .expect("stats lock poisoned");
     stats.generator_late_sends = generator_late;
-    // The run lasts until its last message completed; a sustained run that kept up
-    // lasts exactly its window, so the achieved rate is completed / window.
+    Finished {
+        stats,
+        usage_after,
+        resources,
+    }
+}
+
+/// The run lasts until its last message completed; a sustained run that kept up
+/// lasts exactly its window, so the achieved rate is completed / window.
+fn run_end(
+    stats: &Stats,
+    origin: Instant,
+    window: Option<Duration>,
+    interrupted_at: Option<Instant>,
+) -> Instant {
     let last = stats.last_completion.unwrap_or(origin);
-    let end = match (window, interrupted_at) {
+    match (window, interrupted_at) {
         (_, Some(i)) => last.max(i),
         (Some(w), None) => last.max(origin + w),
         (None, None) => last,
-    };
-    let facts = RunFacts {
-        config: &config,
-        run_id: &run_id,
-        start: start_wall,
-        duration: end - origin,
-        interrupted: interrupted_at.is_some(),
-        usage_before,
-        usage_after,
-        resources,
-    };
-    result::build(&mut stats, facts)
+    }
 }
 
 /// Resolves every server once, before the run (no DNS lookups while timing).
@@ -241,24 +396,18 @@ async fn resolve(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
 /// Connects to a server, expects its 220 banner and EHLO reply, and says QUIT, so a
 /// wrong address fails before the run instead of as a run full of failures.
 async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
-    let settings = SessionSettings {
+    let settings = ClientSettings {
         helo: helo.to_string(),
         from: String::new(),
         recipients: Vec::new(),
         timeout: PREFLIGHT_TIMEOUT,
         pipelining: false,
     };
-    let env = Envelope::new(&settings, None);
+    let cmds = PreparedCommands::new(&settings, None);
     let mut t = PhaseTimings::default();
-    let session = Session::open(addr, &settings, &env, &mut t)
+    let session = SmtpConnection::open(addr, &settings, &cmds, &mut t)
         .await
-        .map_err(|f| {
-            anyhow::anyhow!(
-                "{} ({})",
-                f.kind.describe(),
-                report::PHASES[f.phase as usize]
-            )
-        })?;
-    let _ = session.quit(&mut t).await;
+        .map_err(|f| anyhow::anyhow!("{} ({})", f.kind.describe(), f.phase))?;
+    session.quit_and_close().await;
     Ok(())
 }

@@ -63,7 +63,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let result = loadgen::run(config, interrupt).await?;
     result.save(&path).context("writing the result file")?;
     if !quiet {
-        print!("{}", loadgen::progress::summary(&result));
+        print!("{}", loadgen::summary(&result));
         println!("  {:<22} {}", "result", path.display());
     }
     Ok(())

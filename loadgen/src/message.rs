@@ -88,11 +88,6 @@ impl MessageFactory {
         Ok(me)
     }
 
-    /// The run's identifier, as sent in `X-Stampede-Run`.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
     /// Index of the body for the next message: the only size, or one drawn from
     /// the mix.
     pub fn pick<R: rand::Rng>(&self, rng: &mut R) -> usize {

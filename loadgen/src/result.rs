@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use report::{
-    GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, PHASES, RunInfo, RunResult,
+    GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, Phase, RunInfo, RunResult,
     SCHEMA_V1, ServerMetrics, encode_histogram, format_timestamp,
 };
 
@@ -123,10 +123,10 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         success_rate: 0.0,
         late_sends: stats.late_sends,
         latency_corrected_ms: stats.corrected.as_ref().map(LatencySummary::from_histogram),
-        phases_ms: PHASES
+        phases_ms: Phase::ALL
             .iter()
             .zip(&stats.phases)
-            .map(|(name, h)| (name.to_string(), LatencySummary::from_histogram(h)))
+            .map(|(p, h)| (p.to_string(), LatencySummary::from_histogram(h)))
             .collect(),
         replies: stats
             .replies
@@ -156,10 +156,10 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let histograms = Histograms {
         total: encode(&stats.total)?,
         corrected: stats.corrected.as_ref().map(encode).transpose()?,
-        phases: PHASES
+        phases: Phase::ALL
             .iter()
             .zip(&stats.phases)
-            .map(|(name, h)| Ok((name.to_string(), encode(h)?)))
+            .map(|(p, h)| Ok((p.to_string(), encode(h)?)))
             .collect::<anyhow::Result<_>>()?,
         per_server: c
             .servers

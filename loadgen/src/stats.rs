@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use report::{LatencyHistogram, new_latency_histogram, record_latency};
+use report::{LatencyHistogram, Phase, new_latency_histogram, record_latency};
 
 use crate::client::{ErrorKey, Failure, PhaseTimings, micros};
 
@@ -60,7 +60,7 @@ impl Counts {
                 if f.kind == crate::client::FailureKind::Timeout {
                     self.timeouts += 1;
                 }
-                *self.errors.entry(f.kind.key()).or_default() += 1;
+                *self.errors.entry(f.key()).or_default() += 1;
             }
         }
     }
@@ -121,7 +121,7 @@ pub struct Stats {
     pub replies: BTreeMap<u16, u64>,
     pub total: LatencyHistogram,
     pub corrected: Option<LatencyHistogram>,
-    pub phases: [LatencyHistogram; 8],
+    pub phases: [LatencyHistogram; Phase::COUNT],
     pub servers: Vec<ServerStats>,
     pub bytes_sent: u64,
     pub late_sends: u64,
@@ -235,7 +235,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::client::{FailureKind, Phase};
+    use crate::client::FailureKind;
 
     fn rec(
         origin: Instant,

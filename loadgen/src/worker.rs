@@ -7,19 +7,21 @@
 //! `abort` token (the end of the drain time), which cuts whatever is in flight and
 //! counts it as `aborted`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{
-    Envelope, Failure, FailureKind, Phase, PhaseTimings, Session, SessionSettings,
+    ClientSettings, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands, SmtpConnection,
 };
 use crate::message::{DateClock, MessageFactory};
-use crate::schedule::Plan;
+use crate::schedule::{Plan, Slot};
 use crate::stats::{MessageRecord, Stats};
 
 /// A connection idle longer than this is closed and reopened rather than reused:
@@ -31,10 +33,10 @@ const MAX_IDLE_REUSE: Duration = Duration::from_secs(10);
 pub struct RunShared {
     pub plan: Plan,
     pub addrs: Vec<SocketAddr>,
-    pub settings: SessionSettings,
+    pub settings: ClientSettings,
     pub factory: MessageFactory,
     /// One per prepared body (they differ in `SIZE=`).
-    pub envelopes: Vec<Envelope>,
+    pub commands: Vec<PreparedCommands>,
     pub msgs_per_conn: u32,
     pub late_tolerance: Duration,
     pub stats: Mutex<Stats>,
@@ -50,7 +52,11 @@ pub struct RunShared {
 struct Worker {
     shared: Arc<RunShared>,
     server: usize,
-    conn: Option<Session>,
+    conn: Option<SmtpConnection>,
+    /// The connection that the last message ended with QUIT, waiting for the
+    /// server to close it; closed after that message is recorded, so neither its
+    /// latency nor the run's end include the wait.
+    closing: Option<SmtpConnection>,
     on_conn: u32,
     /// When the connection last finished a message.
     idle_since: Instant,
@@ -65,6 +71,7 @@ pub async fn run_worker(shared: Arc<RunShared>, server: usize, seed: u64) {
         shared,
         server,
         conn: None,
+        closing: None,
         on_conn: 0,
         idle_since: Instant::now(),
         headers: Vec::with_capacity(1024),
@@ -81,96 +88,141 @@ impl Worker {
             if shared.stop.is_cancelled() || shared.abort.is_cancelled() {
                 break;
             }
-            if let Some(gates) = &shared.gates {
-                // Wait until the next message of this server falls due.
-                tokio::select! {
-                    permit = gates[self.server].acquire() => match permit {
-                        Ok(p) => p.forget(),
-                        Err(_) => break,
-                    },
-                    // Not yet due when the run was stopped: never part of the run.
-                    _ = shared.stop.cancelled() => break,
-                    _ = shared.abort.cancelled() => break,
-                }
+            if let Some(gates) = &shared.gates
+                && !self.wait_until_due(&gates[self.server]).await
+            {
+                break;
             }
             let Some(slot) = shared.plan.claim(self.server) else {
                 break;
             };
-            if self.idle_since.elapsed() > MAX_IDLE_REUSE
-                && let Some(conn) = self.conn.take()
-            {
-                let mut t = PhaseTimings::default();
-                tokio::select! {
-                    _ = conn.quit(&mut t) => {}
-                    _ = shared.abort.cancelled() => {}
-                }
-            }
-            let started = Instant::now();
-            let late = slot
-                .due
-                .is_some_and(|d| started > d + shared.late_tolerance);
-
-            let body_index = shared.factory.pick(&mut self.rng);
-            self.clock.refresh();
-            shared
-                .factory
-                .write_headers(&mut self.headers, slot.seq, &self.clock);
-            let mut timings = PhaseTimings::default();
-            let outcome = tokio::select! {
-                r = self.send(body_index, &mut timings) => Some(r),
-                _ = shared.abort.cancelled() => None,
-            };
-            let outcome = outcome.unwrap_or_else(|| {
-                self.conn = None;
-                Err(Failure {
-                    phase: Phase::Eod,
-                    kind: FailureKind::Aborted,
-                })
-            });
-            let bytes = if timings.0[Phase::Eod as usize].is_some() {
-                (self.headers.len() + shared.factory.bodies()[body_index].content_len()) as u64
-            } else {
-                0
-            };
-            self.idle_since = Instant::now();
-            let record = MessageRecord {
-                server: self.server,
-                scheduled: slot.due,
-                started,
-                finished: Instant::now(),
-                timings,
-                outcome,
-                bytes,
-                late,
-            };
+            self.retire_stale_connection(shared.gates.is_some()).await;
+            let record = self.message(slot).await;
             shared
                 .stats
                 .lock()
                 .expect("stats lock poisoned")
                 .record(&record);
+            self.idle_since = record.finished;
+            // The open model closes while it waits for its next message.
+            if shared.gates.is_none()
+                && let Some(conn) = self.closing.take()
+            {
+                self.until_abort(conn.close()).await;
+            }
+        }
+        if let Some(conn) = self.closing.take() {
+            self.until_abort(conn.close()).await;
         }
         if let Some(conn) = self.conn.take() {
-            let mut t = PhaseTimings::default();
-            tokio::select! {
-                _ = conn.quit(&mut t) => {}
-                _ = shared.abort.cancelled() => {}
-            }
+            self.until_abort(conn.quit_and_close()).await;
+        }
+    }
+
+    /// Sends the message of `slot` and measures it. Its time ends at its last
+    /// reply; what follows (the wait for the server to close) is not part of it.
+    async fn message(&mut self, slot: Slot) -> MessageRecord {
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        let late = slot
+            .due
+            .is_some_and(|d| started > d + shared.late_tolerance);
+        let body_index = shared.factory.pick(&mut self.rng);
+        self.clock.refresh();
+        shared
+            .factory
+            .write_headers(&mut self.headers, slot.seq, &self.clock);
+        let mut timings = PhaseTimings::default();
+        let reused = self.conn.is_some();
+        let outcome = tokio::select! {
+            r = self.send(body_index, &mut timings) => Some(r),
+            _ = shared.abort.cancelled() => None,
+        };
+        let finished = Instant::now();
+        let outcome = outcome.unwrap_or_else(|| {
+            self.conn = None;
+            Err(Failure {
+                phase: unfinished_phase(&timings, reused),
+                kind: FailureKind::Aborted,
+            })
+        });
+        let bytes = if timings.get(Phase::Eod).is_some() {
+            (self.headers.len() + shared.factory.bodies()[body_index].content_len()) as u64
+        } else {
+            0
+        };
+        MessageRecord {
+            server: self.server,
+            scheduled: slot.due,
+            started,
+            finished,
+            timings,
+            outcome,
+            bytes,
+            late,
+        }
+    }
+
+    /// Open model: waits until the next message of this server falls due, and
+    /// meanwhile tidies the connections up, so that neither the wait for a close
+    /// nor the QUIT of a stale connection delays the message (or makes it late).
+    /// False when the run ends first.
+    async fn wait_until_due(&mut self, gate: &Semaphore) -> bool {
+        let shared = Arc::clone(&self.shared);
+        tokio::select! {
+            permit = gate.acquire() => match permit {
+                Ok(p) => {
+                    p.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            never = tidy_while_idle(&mut self.closing, &mut self.conn, self.idle_since) => match never {},
+            // Not yet due when the run was stopped: never part of the run.
+            _ = shared.stop.cancelled() => false,
+            _ = shared.abort.cancelled() => false,
+        }
+    }
+
+    /// A connection idle too long is not reused. In the closed model nothing waits
+    /// between messages, so it says QUIT here, before the message starts; in the
+    /// open model [`Worker::wait_until_due`] closed it already, unless the message
+    /// fell due the moment it went stale: then it is dropped rather than make the
+    /// message wait for QUIT.
+    async fn retire_stale_connection(&mut self, open_model: bool) {
+        if self.idle_since.elapsed() <= MAX_IDLE_REUSE {
+            return;
+        }
+        if let Some(conn) = self.conn.take()
+            && !open_model
+        {
+            self.until_abort(conn.quit_and_close()).await;
+        }
+    }
+
+    /// Runs `f` unless the run is aborted first.
+    async fn until_abort(&self, f: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = f => {}
+            _ = self.shared.abort.cancelled() => {}
         }
     }
 
     /// One message on the current connection (opening one when needed), and the
-    /// connection's QUIT when the message is its last.
+    /// connection's QUIT when the message is its last. The wait for the server to
+    /// close is left in `closing`, for after the message is recorded.
     async fn send(&mut self, body_index: usize, t: &mut PhaseTimings) -> Result<u16, Failure> {
         let shared = Arc::clone(&self.shared);
-        let env = &shared.envelopes[body_index];
+        let cmds = &shared.commands[body_index];
         if self.conn.is_none() {
-            let s = Session::open(shared.addrs[self.server], &shared.settings, env, t).await?;
+            let s =
+                SmtpConnection::open(shared.addrs[self.server], &shared.settings, cmds, t).await?;
             self.conn = Some(s);
             self.on_conn = 0;
         }
         let conn = self.conn.as_mut().expect("connection just opened");
         let body = &shared.factory.bodies()[body_index].wire;
-        let result = conn.transaction(env, &self.headers, body, t).await;
+        let result = conn.transaction(cmds, &self.headers, body, t).await;
         self.on_conn += 1;
         match &result {
             Ok(_) => {}
@@ -186,12 +238,48 @@ impl Worker {
             }
         }
         if self.on_conn >= shared.msgs_per_conn
-            && let Some(conn) = self.conn.take()
+            && let Some(mut conn) = self.conn.take()
         {
             // QUIT belongs to the message that ends the session; its failure does
             // not undo a message the server already accepted.
-            let _ = conn.quit(t).await;
+            if conn.quit(t).await.is_ok() {
+                self.closing = Some(conn);
+            }
         }
         result
     }
+}
+
+/// What a worker does while it waits for its next message: finishes closing the
+/// connection the last message ended, closes the open one once it has been idle
+/// for [`MAX_IDLE_REUSE`], then waits forever. It is raced against the wait for
+/// the message, which may cut it short (dropping a connection mid-close just
+/// closes the socket).
+async fn tidy_while_idle(
+    closing: &mut Option<SmtpConnection>,
+    conn: &mut Option<SmtpConnection>,
+    idle_since: Instant,
+) -> Infallible {
+    if let Some(c) = closing.take() {
+        c.close().await;
+    }
+    if conn.is_some() {
+        tokio::time::sleep_until((idle_since + MAX_IDLE_REUSE).into()).await;
+        if let Some(c) = conn.take() {
+            c.quit_and_close().await;
+        }
+    }
+    std::future::pending().await
+}
+
+/// The phase a message was in when the drain time cut it: the one after the last
+/// phase that got its reply (a message on a reused connection begins at MAIL).
+fn unfinished_phase(t: &PhaseTimings, reused: bool) -> Phase {
+    let first = if reused { Phase::Mail } else { Phase::Connect };
+    Phase::ALL
+        .iter()
+        .rev()
+        .find(|&&p| t.get(p).is_some())
+        .map_or(Some(first), |p| p.next())
+        .unwrap_or(Phase::Quit)
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Action, TestServer, config, run};
+use common::{Action, Options, TestServer, config, run};
 
 /// Tests that judge timing run one at a time, so they do not slow each other down.
 static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -169,7 +169,7 @@ async fn failures_are_classified_by_code_and_the_run_goes_on() {
     assert_eq!(m.error_breakdown.get("451"), Some(&1));
     assert_eq!(m.error_breakdown.get("554"), Some(&1));
     assert_eq!(m.error_breakdown.get("421"), Some(&1));
-    assert_eq!(m.error_breakdown.get("connection_closed"), Some(&1));
+    assert_eq!(m.error_breakdown.get("closed:eod"), Some(&1));
     assert_eq!(m.connection_errors, 1);
     assert_eq!(r.per_server[0].failed_messages, 4);
     // Connections: 0-4 (the 451 is RSET and the session goes on), 5-7 (ends with
@@ -226,10 +226,7 @@ async fn refused_connections_are_counted_not_fatal_without_preflight() {
     .await;
     assert_eq!(r.metrics.failed_messages, 5);
     assert_eq!(r.metrics.connection_errors, 5);
-    assert_eq!(
-        r.metrics.error_breakdown.get("connection_refused"),
-        Some(&5)
-    );
+    assert_eq!(r.metrics.error_breakdown.get("refused:connect"), Some(&5));
 }
 
 #[tokio::test]
@@ -416,4 +413,172 @@ async fn interrupting_a_run_returns_a_result_marked_interrupted() {
     );
     assert_eq!(m.total_messages, m.successful_messages + m.failed_messages);
     assert!(m.duration_seconds < 1.5);
+}
+
+#[tokio::test]
+async fn latency_ends_at_the_221_not_when_the_server_closes() {
+    let _serial = TIMING.lock().await;
+    // This server keeps every socket open after its 221. The generator still waits
+    // up to 200 ms for it to close first (so TIME_WAIT lands on the server), but
+    // that wait is not part of any message.
+    let server = TestServer::start_options(Options {
+        hold_after_quit: true,
+        ..Options::default()
+    })
+    .await;
+    for per_conn in ["1", "3"] {
+        let r = run(config(
+            &[server.addr],
+            &[
+                "--messages",
+                "6",
+                "--workers",
+                "1",
+                "--size",
+                "small",
+                "--msgs-per-conn",
+                per_conn,
+            ],
+        ))
+        .await;
+        let m = &r.metrics;
+        assert_eq!(m.successful_messages, 6, "--msgs-per-conn {per_conn}");
+        assert!(
+            m.latency_ms.max < 150.0,
+            "--msgs-per-conn {per_conn}: latency max {} ms includes the close",
+            m.latency_ms.max
+        );
+        assert!(m.phases_ms["quit"].p50 > 0.0, "QUIT is still timed");
+        for p in &r.timeline {
+            assert!(p.p99_ms < 150.0, "timeline p99 {} ms", p.p99_ms);
+        }
+    }
+}
+
+#[tokio::test]
+async fn closing_an_idle_connection_does_not_make_the_next_send_late() {
+    // Two sends 11.1 s apart on one reused connection: by the second it has been
+    // idle past the 10 s reuse limit and is closed and reopened. Its QUIT (and the
+    // wait for this server, which never closes first) must not delay the send.
+    let server = TestServer::start_options(Options {
+        hold_after_quit: true,
+        ..Options::default()
+    })
+    .await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--mode",
+            "sustained",
+            "--rate",
+            "0.09",
+            "--duration",
+            "22",
+            "--workers",
+            "1",
+            "--msgs-per-conn",
+            "5",
+            "--late-tolerance-ms",
+            "100",
+            "--size",
+            "small",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.successful_messages, 2);
+    assert_eq!(
+        m.late_sends, 0,
+        "the idle connection's QUIT made a send late"
+    );
+    // The preflight check, the first session, and the one after the idle close.
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+}
+
+#[tokio::test]
+async fn timeouts_say_in_which_phase_they_happened() {
+    // A server whose accept queue holds the connection but never greets.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = mute.accept().await {
+            held.push(sock);
+        }
+    });
+    let r = run(config(
+        &[mute_addr],
+        &[
+            "--messages",
+            "2",
+            "--workers",
+            "1",
+            "--timeout",
+            "0.3",
+            "--no-preflight",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.timeouts, 2);
+    assert_eq!(m.connection_errors, 0);
+    assert_eq!(m.error_breakdown.get("timeout:banner"), Some(&2), "{m:?}");
+    assert_eq!(
+        r.per_server[0].error_breakdown.get("timeout:banner"),
+        Some(&2)
+    );
+
+    // A server that is slow to take a message (a slow disk, say).
+    let script: common::Script = Arc::new(|n| {
+        if n == 1 {
+            Action::Stall(Duration::from_secs(2))
+        } else {
+            Action::Accept
+        }
+    });
+    let slow = TestServer::start(script).await;
+    let r = run(config(
+        &[slow.addr],
+        &["--messages", "3", "--workers", "1", "--timeout", "500ms"],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!((m.successful_messages, m.timeouts), (2, 1));
+    assert_eq!(m.error_breakdown.get("timeout:eod"), Some(&1), "{m:?}");
+    assert_eq!(m.error_breakdown.len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_cut_by_the_drain_time_says_where_it_was() {
+    let _serial = TIMING.lock().await;
+    let script: common::Script = Arc::new(|n| {
+        if n == 4 {
+            Action::Stall(Duration::from_secs(3))
+        } else {
+            Action::Accept
+        }
+    });
+    let server = TestServer::start(script).await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--mode",
+            "sustained",
+            "--rate",
+            "10",
+            "--duration",
+            "0.5",
+            "--drain-timeout",
+            "0.3",
+            "--size",
+            "small",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!((m.successful_messages, m.failed_messages), (4, 1));
+    assert_eq!(m.error_breakdown.get("aborted:eod"), Some(&1), "{m:?}");
 }

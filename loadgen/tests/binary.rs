@@ -48,6 +48,87 @@ fn a_bad_flag_value_names_the_flag_and_fails() {
 }
 
 #[test]
+fn an_out_of_range_value_is_quoted_as_given() {
+    let out = Command::new(BIN)
+        .args([
+            "--servers",
+            "127.0.0.1",
+            "--mode",
+            "sustained",
+            "--late-tolerance-ms",
+            "70000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--late-tolerance-ms") && err.contains("70000") && err.contains("60000 ms"),
+        "{err}"
+    );
+    assert!(!err.contains("70 is"), "{err}");
+}
+
+#[test]
+fn a_bare_k_size_is_refused_naming_both_spellings() {
+    let out = Command::new(BIN)
+        .args(["--servers", "127.0.0.1", "--size", "10k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--size") && err.contains("10KiB") && err.contains("10KB"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn durations_with_units_are_recorded_in_seconds() {
+    let server = TestServer::start(TestServer::accepting()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--servers",
+            &server.addr.to_string(),
+            "--mode",
+            "sustained",
+            "--rate",
+            "20",
+            "--duration",
+            "1500ms",
+            "--timeout",
+            "2s",
+            "--drain-timeout",
+            "500ms",
+            "--late-tolerance-ms",
+            "25",
+            "--size",
+            "2KB",
+            "--quiet",
+            "--output",
+        ])
+        .arg(&out_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report::load(&out_file).unwrap();
+    assert_eq!(r.metrics.total_messages, 30);
+    assert_eq!(r.message_size, 2000);
+    let cfg = &r.run.as_ref().unwrap().config;
+    assert_eq!(cfg["duration"], 1.5);
+    assert_eq!(cfg["timeout"], 2.0);
+    assert_eq!(cfg["drain_timeout"], 0.5);
+    assert_eq!(cfg["late_tolerance"], 0.025);
+}
+
+#[test]
 fn an_unreachable_server_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("r.json");

@@ -2,17 +2,20 @@ use std::path::PathBuf;
 
 /// Why a result file could not be read or written. Every variant names the file,
 /// so a user reading one line knows which file and what is wrong with it.
+///
+/// The I/O error is part of the message and deliberately not exposed as a `source`:
+/// `anyhow`'s `{:#}` prints the chain, and the reason would then appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not JSON: {detail}")]
     NotJson { path: PathBuf, detail: String },

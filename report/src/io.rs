@@ -11,9 +11,9 @@ use crate::{ReportError, RunResult, SCHEMA_V1, decode_histogram};
 /// Reads one result file: a Stampede v1 result or a PrixFixe file (no `schema`).
 /// Every failure names the file and the problem; nothing here panics on input.
 pub fn load(path: &Path) -> Result<RunResult, ReportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ReportError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     load_str(&text, path)
 }
@@ -97,9 +97,9 @@ fn check_histograms(result: &RunResult, path: &Path) -> Result<(), ReportError> 
 }
 
 pub(crate) fn save_atomic(result: &RunResult, path: &Path) -> Result<(), ReportError> {
-    let write_err = |source| ReportError::Write {
+    let write_err = |cause| ReportError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

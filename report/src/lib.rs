@@ -11,6 +11,7 @@
 mod error;
 mod histogram;
 mod io;
+mod phase;
 
 use std::collections::BTreeMap;
 
@@ -23,17 +24,13 @@ pub use histogram::{
     new_latency_histogram, record_latency,
 };
 pub use io::{load, load_str};
+pub use phase::{PHASES, Phase};
 
 /// The value of the `schema` key in every result Stampede writes.
 pub const SCHEMA_V1: &str = "stampede.result.v1";
 
-/// Names of the per-message phases, in protocol order (keys of `phases_ms`).
-pub const PHASES: [&str; 8] = [
-    "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit",
-];
-
 /// One run of the load generator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// `stampede.result.v1`; absent in the seed generator's (PrixFixe) files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +68,7 @@ pub struct RunResult {
 }
 
 /// The headline figures of a run. The first block is PrixFixe's layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub total_messages: u64,
     pub successful_messages: u64,
@@ -84,7 +81,8 @@ pub struct Metrics {
     pub messages_per_second: f64,
     /// Latency of the whole transaction, milliseconds.
     pub latency_ms: LatencySummary,
-    /// Failures by reply code (`"421"`) or class (`"connection_refused"`, `"timeout"`).
+    /// Failures by reply code (`"421"`) or `<class>:<phase>` (`"refused:connect"`,
+    /// `"timeout:banner"`); older files have bare classes (`"timeout"`).
     pub error_breakdown: BTreeMap<String, u64>,
     /// RFC 3339 (`2026-11-22T12:00:00Z`); PrixFixe wrote naive local timestamps.
     pub start_time: String,
@@ -125,7 +123,7 @@ pub struct LatencySummary {
 }
 
 /// How a run was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub name: String,
     /// True when the run was ended early (Ctrl-C); the figures cover what ran.
@@ -141,7 +139,7 @@ pub struct RunInfo {
     pub generator: Option<GeneratorUsage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub hostname: String,
     pub cpus: u32,
@@ -149,7 +147,7 @@ pub struct HostInfo {
 }
 
 /// What the generator itself consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorUsage {
     /// User + system CPU seconds of the generator process.
     pub cpu_seconds: f64,
@@ -160,7 +158,7 @@ pub struct GeneratorUsage {
 }
 
 /// The figures of one server of a round-robin run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerMetrics {
     /// `host:port`.
     pub address: String,
@@ -180,7 +178,7 @@ pub struct ServerMetrics {
 }
 
 /// One second of the run. `t_s` counts from the run's start (1 = the first second).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimelinePoint {
     pub t_s: u64,
     pub sent: u64,
@@ -204,7 +202,7 @@ pub struct Histograms {
 }
 
 /// One resource sample of a server container.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSample {
     /// Seconds since the run started.
     pub t_s: f64,

@@ -1,5 +1,8 @@
 //! The admin HTTP listener: `/health`, `/metrics`, `/api/stats`.
 
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -62,4 +65,38 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     axum::Json(shared.stats())
+}
+
+/// The admin address written to `admin_addr_file` when the system picked the port, so
+/// that `smtp-server healthcheck` can find it (see [`crate::healthcheck`]).
+#[derive(Debug)]
+pub struct PublishedAddr {
+    path: PathBuf,
+    content: String,
+}
+
+impl PublishedAddr {
+    /// Writes `addr` to `path` atomically (a reader never sees half a line), creating
+    /// the directory when missing.
+    pub fn write(path: &Path, addr: SocketAddr) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let content = format!("{addr}\n");
+        let mut tmp = OsString::from(path.as_os_str());
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &content)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+        })
+    }
+
+    /// Removes the file, unless another server has written its own address since.
+    pub fn remove(self) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|c| c == self.content) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

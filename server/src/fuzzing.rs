@@ -11,10 +11,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use crate::admission::Admission;
 use crate::config::{Config, StoreKind};
 use crate::data::DataReader;
 use crate::input::InputBuffer;
-use crate::limits::Admission;
 use crate::memory::{MemoryBudget, MemoryCharge};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Command, MAX_DATA_LINE, Response};

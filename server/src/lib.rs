@@ -4,6 +4,16 @@
 //! connection and rate limits at the door, timeouts, size and memory budgets per
 //! message, per session and per process, Prometheus metrics, graceful shutdown.
 //!
+//! How the crate is laid out:
+//! - `config`: the one typed [`Config`], layered defaults → file → env → flags;
+//! - `listener`: the accept loop on its own thread, handing sockets to
+//!   - `admission`: memory, connection and rate limits before any session exists;
+//! - [`session`]: one connection's state machine, speaking [`protocol`] and reading
+//!   message content through [`data`];
+//! - `memory`: the process memory budget; `store`: what happens to a message;
+//! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
+//! - `healthcheck`: the probe behind `smtp-server healthcheck`.
+//!
 //! The library API lets tests (and the load generator's tests) run the server in
 //! process:
 //!
@@ -20,20 +30,20 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admin;
-pub mod config;
+mod admin;
+mod admission;
+mod config;
 pub mod data;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod healthcheck;
+mod healthcheck;
 mod input;
-pub mod limits;
-pub mod listener;
-pub mod memory;
-pub mod metrics;
+mod listener;
+mod memory;
+mod metrics;
 pub mod protocol;
 pub mod session;
-pub mod store;
+mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,10 +57,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, StoreKind};
+pub use healthcheck::{ProbeError, TargetError, health_url, probe_health};
 pub use memory::MemoryLevel;
 pub use store::StoredMessage;
 
-use limits::Admission;
+use admission::Admission;
 use memory::MemoryBudget;
 use metrics::Metrics;
 use store::Store;
@@ -222,8 +233,7 @@ impl RunningServer {
 /// returns at once.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
-    let smtp_listener = TcpListener::bind(config.smtp_listen_addr())
-        .await
+    let smtp_listener = listener::bind(config.smtp_listen_addr(), config.listen_backlog)
         .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
     let smtp_addr = smtp_listener.local_addr()?;
     let admin_listener = match config.admin_listen_addr() {
@@ -240,6 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .transpose()?;
 
     let store = Store::open(&config).context("cannot open the message store")?;
+    let published_admin = publish_admin_addr(&config, admin_addr)?;
     let memory = Arc::new(MemoryBudget::new(
         config.max_memory_usage,
         config.memory_warning_threshold,
@@ -258,14 +269,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     shared.refresh_gauges();
 
     let sessions = TaskTracker::new();
-    let accept_loop = tokio::spawn(
-        listener::Listener {
-            listener: smtp_listener,
-            shared: shared.clone(),
-            sessions: sessions.clone(),
-        }
-        .run(),
-    );
+    let mut accept_loop = listener::spawn(
+        smtp_listener,
+        shared.clone(),
+        sessions.clone(),
+        tokio::runtime::Handle::current(),
+    )
+    .context("cannot start the accept loop")?;
     let stop_aux = CancellationToken::new();
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), stop_aux.clone())));
@@ -275,7 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let shared = shared.clone();
         tokio::spawn(async move {
             shared.shutdown.draining.cancelled().await;
-            let _ = accept_loop.await;
+            accept_loop.stopped().await;
             sessions.close();
             let grace = shared.config.shutdown_grace;
             if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
@@ -291,6 +301,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 let _ = task.await;
             }
             let _ = monitor.await;
+            if let Some(published) = published_admin {
+                published.remove();
+            }
             tracing::info!("server stopped");
         })
     };
@@ -301,6 +314,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         admin_addr,
         supervisor,
     })
+}
+
+/// Writes the admin address to `admin_addr_file` when the port was picked by the
+/// system (`admin_port = auto`), the one case where a health check cannot know it.
+fn publish_admin_addr(
+    config: &Config,
+    admin_addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<admin::PublishedAddr>> {
+    let (Some(addr), Some(path), Some(0)) =
+        (admin_addr, &config.admin_addr_file, config.admin_port)
+    else {
+        return Ok(None);
+    };
+    let published = admin::PublishedAddr::write(path, addr)
+        .with_context(|| format!("cannot write admin_addr_file {}", path.display()))?;
+    Ok(Some(published))
 }
 
 /// Samples RSS and keeps the rate-limiter table small, every `monitoring_interval`.

@@ -1,21 +1,21 @@
 //! `smtp-server`: command line, logging, signals. Everything else is in the library.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use server::config::{self, Config};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use server::{Config, ConfigError};
 
 /// Stampede's reference ESMTP server.
 ///
 /// Every setting can be given as a flag, as an environment variable `SMTP_<KEY>`
-/// or in the TOML file given by --config; precedence is flag > env > file > default.
-/// Durations accept `150ms`, `30s`, `2m`, `1h` or plain seconds; sizes accept bytes
-/// or `64KiB`, `10MiB`, `1GiB` (and decimal `10MB`).
+/// or in the TOML file given by --config (in the section its heading names);
+/// precedence is flag > env > file > default. Durations accept `150ms`, `30s`, `2m`,
+/// `1h30m` or plain seconds; sizes accept bytes or `64KiB`, `10MiB`, `1GiB` (binary)
+/// and `10MB` (decimal).
 #[derive(Parser, Debug)]
 #[command(name = "smtp-server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -27,25 +27,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Probe the admin /health endpoint; exit 0 when it answers 200, 1 otherwise.
+    /// Probe the admin /health endpoint; exit 0 when it answers 200, 1 otherwise
+    /// (2 on a bad configuration).
+    ///
+    /// Where to probe comes from the server's own configuration, read the way the
+    /// server reads it (file, SMTP_* variables, flags): a fixed admin port is probed
+    /// on loopback (or admin_bind); with admin_port `auto`, the address the running
+    /// server wrote to admin_addr_file.
     Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Args, Debug)]
 struct HealthcheckArgs {
-    /// Admin port on 127.0.0.1 to probe.
-    #[arg(long, env = "SMTP_ADMIN_PORT", default_value_t = 8080)]
-    admin_port: u16,
+    /// The server's TOML configuration file.
+    #[arg(long, env = "SMTP_CONFIG")]
+    config: Option<PathBuf>,
     /// Full URL to probe instead (http only), e.g. http://127.0.0.1:8080/health.
     #[arg(long)]
     url: Option<String>,
     /// How long to wait for the answer.
-    #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "2s", value_parser = units::parse_duration)]
     timeout: Duration,
-}
-
-fn parse_duration_arg(v: &str) -> Result<Duration, String> {
-    config::parse_duration(v)
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +56,8 @@ enum LogFormat {
     Json,
 }
 
-/// Field names are the configuration keys (see `server::config::KEYS`).
+/// The settings that are not configuration keys; the keys are added by
+/// `server::Config::add_args`.
 #[derive(Args, Debug)]
 struct RunArgs {
     /// TOML configuration file ([server], [resources], [memory] sections).
@@ -63,107 +66,45 @@ struct RunArgs {
     /// Log format. The filter comes from RUST_LOG (default: info).
     #[arg(long, env = "SMTP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-
-    /// Address to listen on for SMTP [default: 0.0.0.0].
-    #[arg(long, env = "SMTP_BIND")]
-    bind: Option<String>,
-    /// SMTP port; 0 picks a free port (logged as smtp_addr=) [default: 2525].
-    #[arg(long, env = "SMTP_PORT")]
-    port: Option<String>,
-    /// Admin HTTP port; 0 disables, `auto` picks a free port [default: 8080].
-    #[arg(long, env = "SMTP_ADMIN_PORT")]
-    admin_port: Option<String>,
-    /// Address for the admin listener [default: same as --bind].
-    #[arg(long, env = "SMTP_ADMIN_BIND")]
-    admin_bind: Option<String>,
-    /// Host name in the banner and EHLO reply [default: localhost].
-    #[arg(long, env = "SMTP_DOMAIN")]
-    domain: Option<String>,
-    /// What to do with accepted messages: discard, memory, spool [default: discard].
-    #[arg(long, env = "SMTP_STORE")]
-    store: Option<String>,
-    /// Spool directory for --store spool [default: spool].
-    #[arg(long, env = "SMTP_SPOOL_DIR")]
-    spool_dir: Option<String>,
-    /// Messages kept by --store memory [default: 1000].
-    #[arg(long, env = "SMTP_MEMORY_STORE_CAPACITY")]
-    memory_store_capacity: Option<String>,
-    /// Time sessions get to finish after SIGTERM/SIGINT [default: 8s].
-    #[arg(long, env = "SMTP_SHUTDOWN_GRACE")]
-    shutdown_grace: Option<String>,
-
-    /// Concurrent connections, all peers [default: 1000].
-    #[arg(long, env = "SMTP_MAX_CONNECTIONS")]
-    max_connections: Option<String>,
-    /// Concurrent connections from one IP [default: 50].
-    #[arg(long, env = "SMTP_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<String>,
-    /// Window of the connection-rate token buckets [default: 60s].
-    #[arg(long, env = "SMTP_RATE_LIMIT_WINDOW")]
-    rate_limit_window: Option<String>,
-    /// New connections per window, all peers [default: 1000].
-    #[arg(long, env = "SMTP_MAX_REQUESTS_PER_WINDOW")]
-    max_requests_per_window: Option<String>,
-    /// New connections per window from one IP [default: 1/10 of the global figure].
-    #[arg(long, env = "SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP")]
-    max_requests_per_window_per_ip: Option<String>,
-    /// Time from connect to EHLO/HELO [default: 30s].
-    #[arg(long, env = "SMTP_CONNECTION_TIMEOUT")]
-    connection_timeout: Option<String>,
-    /// Time allowed between commands [default: 120s].
-    #[arg(long, env = "SMTP_IDLE_TIMEOUT")]
-    idle_timeout: Option<String>,
-    /// Time allowed for a whole session [default: 300s].
-    #[arg(long, env = "SMTP_SESSION_TIMEOUT")]
-    session_timeout: Option<String>,
-    /// Largest message accepted [default: 10MiB].
-    #[arg(long, env = "SMTP_MAX_MESSAGE_SIZE")]
-    max_message_size: Option<String>,
-    /// Recipients per transaction [default: 100].
-    #[arg(long, env = "SMTP_MAX_RECIPIENTS")]
-    max_recipients: Option<String>,
-    /// Bytes one session may hold [default: 50MiB].
-    #[arg(long, env = "SMTP_PER_CONNECTION_MEMORY_LIMIT")]
-    per_connection_memory_limit: Option<String>,
-
-    /// Process memory budget [default: 512MiB].
-    #[arg(long, env = "SMTP_MAX_MEMORY_USAGE")]
-    max_memory_usage: Option<String>,
-    /// Fraction of the budget that logs a warning [default: 0.75].
-    #[arg(long, env = "SMTP_MEMORY_WARNING_THRESHOLD")]
-    memory_warning_threshold: Option<String>,
-    /// Fraction of the budget above which new work gets 452 4.3.1 [default: 0.90].
-    #[arg(long, env = "SMTP_MEMORY_CRITICAL_THRESHOLD")]
-    memory_critical_threshold: Option<String>,
-    /// How often RSS is sampled [default: 1s].
-    #[arg(long, env = "SMTP_MONITORING_INTERVAL")]
-    monitoring_interval: Option<String>,
 }
 
+/// The whole command line: the fixed arguments plus one flag per configuration key,
+/// on the server and on `healthcheck` alike.
+fn command() -> clap::Command {
+    Config::add_args(Cli::command()).mut_subcommand("healthcheck", Config::add_args)
+}
+
+/// Exit code for a bad configuration (DESIGN: 0 clean stop, 1 runtime failure).
+const BAD_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => match ConfigError::from_clap(&e) {
+            Some(e) => {
+                eprintln!("smtp-server: {e}");
+                return ExitCode::from(BAD_CONFIG);
+            }
+            None => e.exit(),
+        },
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     if let Some(Command::Healthcheck(args)) = cli.command {
-        return healthcheck(&args);
+        let Some(("healthcheck", sub)) = matches.subcommand() else {
+            unreachable!("clap parsed the healthcheck subcommand");
+        };
+        return healthcheck(&args, sub);
     }
     init_tracing(cli.run.log_format);
-
-    // Flag-or-env values (clap merges those two) override the file.
-    let mut overrides = BTreeMap::new();
-    for (_, key) in config::KEYS {
-        if let Ok(Some(value)) = matches.try_get_one::<String>(key) {
-            overrides.insert(key.to_string(), value.clone());
-        }
-    }
-    let config = match Config::load(cli.run.config.as_deref(), &overrides) {
+    let config = match Config::load(cli.run.config.as_deref(), &matches) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("smtp-server: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(BAD_CONFIG);
         }
     };
     match run(config) {
@@ -176,12 +117,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", args.admin_port));
-    match server::healthcheck::probe(&url, args.timeout) {
+fn healthcheck(args: &HealthcheckArgs, matches: &ArgMatches) -> ExitCode {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => {
+            let config = match Config::load(args.config.as_deref(), matches) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("smtp-server healthcheck: {e}");
+                    return ExitCode::from(BAD_CONFIG);
+                }
+            };
+            match server::health_url(&config) {
+                Ok(url) => url,
+                Err(e) => {
+                    println!("unhealthy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    match server::probe_health(&url, args.timeout) {
         Ok(200) => {
             println!("healthy: {url} answered 200");
             ExitCode::SUCCESS

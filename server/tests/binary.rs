@@ -128,7 +128,7 @@ async fn sigterm_drains_sessions_answers_421_4_3_2_and_exits_0() {
 
 #[tokio::test]
 async fn healthcheck_exits_0_when_healthy_and_1_when_unreachable() {
-    let server = spawn(command(&["--admin-port", "auto"]));
+    let server = spawn(command(&["--admin-port", "auto", "--admin-addr-file", ""]));
     let admin = server.admin.expect("admin listener on a free port");
     let ok = command(&["healthcheck", "--admin-port", &admin.port().to_string()])
         .output()
@@ -148,6 +148,70 @@ async fn healthcheck_exits_0_when_healthy_and_1_when_unreachable() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+}
+
+#[test]
+fn healthcheck_finds_an_auto_admin_port_through_the_address_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run").join("admin.addr");
+    let file_arg = file.to_str().unwrap();
+    let config = dir.path().join("smtp.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nadmin_port = \"auto\"\nadmin_addr_file = {file_arg:?}\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let mut server = spawn(command(&["--config", config_arg]));
+    let admin = server.admin.expect("admin listener on a free port");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        admin.to_string()
+    );
+
+    // The same settings, from the environment or from the file.
+    let by_env = || {
+        command(&["healthcheck"])
+            .env("SMTP_ADMIN_PORT", "auto")
+            .env("SMTP_ADMIN_ADDR_FILE", file_arg)
+            .output()
+            .unwrap()
+    };
+    for out in [
+        by_env(),
+        command(&["healthcheck", "--config", config_arg])
+            .output()
+            .unwrap(),
+    ] {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(&admin.to_string()), "{stdout}");
+    }
+
+    // A clean stop removes the file; the probe then says where it looked.
+    sigterm(&server.child);
+    assert_eq!(
+        wait_exit(&mut server.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert!(!file.exists(), "address file removed at stop");
+    let out = by_env();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(file_arg),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn healthcheck_with_the_admin_listener_disabled_says_so() {
+    let out = command(&["healthcheck"])
+        .env("SMTP_ADMIN_PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("admin listener is disabled"), "{stdout}");
 }
 
 #[tokio::test]
@@ -219,7 +283,14 @@ fn invalid_values_from_flag_env_and_file_name_their_key() {
 
 #[tokio::test]
 async fn json_logs_carry_the_listen_addresses_as_fields() {
-    let server = spawn(command(&["--log-format", "json", "--admin-port", "auto"]));
+    let server = spawn(command(&[
+        "--log-format",
+        "json",
+        "--admin-port",
+        "auto",
+        "--admin-addr-file",
+        "",
+    ]));
     assert!(server.admin.is_some());
     let mut c = Client::ready(server.smtp).await;
     c.cmd("QUIT").await.assert(221, "2.0.0");

@@ -266,3 +266,81 @@ where
     }
     out
 }
+
+/// Raises this process's open-file limit to at least `wanted` (up to the hard limit),
+/// so that a test can hold thousands of sockets on both ends of the connection.
+fn raise_open_file_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    limit.rlim_cur
+}
+
+/// A storm of new connections at a server refusing most of them: more than the
+/// kernel's former default accept queue (1024) at once, while the few admitted
+/// sessions and the clients themselves keep the runtime busy. A server that refuses
+/// must refuse fast: every connection is answered (220 or 421) within seconds; none
+/// waits for a banner that never comes because its handshake was dropped from a full
+/// accept queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_storm_is_answered_220_or_421_within_seconds() {
+    const STORM: usize = 1500;
+    let limit = raise_open_file_limit(4 * STORM as u64 + 256);
+    assert!(
+        limit >= 2 * STORM as u64 + 256,
+        "this test needs {} open files (hard limit {limit})",
+        2 * STORM + 256
+    );
+    let server = start_with(|c| {
+        c.max_connections = 10;
+        c.max_connections_per_ip = 10;
+    })
+    .await;
+    let addr = server.smtp_addr();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..STORM)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let mut reader = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                use tokio::io::AsyncBufReadExt;
+                tokio::time::timeout(Duration::from_secs(4), reader.read_line(&mut line))
+                    .await
+                    .ok()?
+                    .ok()?;
+                let code = line.get(..3)?.parse::<u16>().ok()?;
+                Some((code, reader))
+            })
+        })
+        .collect();
+    let mut answered = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    let mut held = Vec::new();
+    for client in clients {
+        let result = client.await.expect("client task");
+        *answered
+            .entry(result.as_ref().map(|(code, _)| *code))
+            .or_default() += 1;
+        // Keep the admitted sessions open so the server stays at its limit.
+        held.extend(result.map(|(_, reader)| reader));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        answered.keys().copied().collect::<Vec<_>>(),
+        vec![Some(220), Some(421)],
+        "every connection answered 220 or 421: {answered:?}"
+    );
+    assert_eq!(answered[&Some(220)], 10, "{answered:?}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    drop(held);
+    stop(server).await;
+}

@@ -187,3 +187,25 @@ async fn spooled_message_is_on_disk_and_complete_when_250_arrives() {
     assert_eq!(std::fs::read_dir(spool.join("new")).unwrap().count(), 2);
     stop(server).await;
 }
+
+#[test]
+fn a_server_whose_runtime_is_gone_stops_listening() {
+    // The accept loop runs on its own thread; it must not outlive the runtime that
+    // runs the sessions (a test that ends without a graceful stop).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr = runtime.block_on(async { start_with(|_| {}).await.smtp_addr() });
+    drop(runtime);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} still accepts connections"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 /// What the server does at the end of data of message number `n` (0-based,
@@ -24,6 +24,35 @@ pub enum Action {
 }
 
 pub type Script = Arc<dyn Fn(u64) -> Action + Send + Sync>;
+
+/// How long a server with `hold_after_quit` keeps a socket open after its 221.
+const HOLD_AFTER_QUIT: Duration = Duration::from_secs(5);
+
+/// How a [`TestServer`] behaves.
+pub struct Options {
+    /// The reply at the end of data of the n-th message.
+    pub eod: Script,
+    /// The reply to the n-th MAIL.
+    pub mail: Script,
+    pub pipelining: bool,
+    /// A reply to every RCPT instead of 250.
+    pub rcpt_reply: Option<&'static str>,
+    /// After 221, keep the socket open until the client closes it (or for
+    /// [`HOLD_AFTER_QUIT`]), as some servers do, instead of closing first.
+    pub hold_after_quit: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            eod: TestServer::accepting(),
+            mail: TestServer::accepting(),
+            pipelining: true,
+            rcpt_reply: None,
+            hold_after_quit: false,
+        }
+    }
+}
 
 /// A message as received (dot-stuffed wire form, without the final `.CRLF`).
 #[derive(Debug, Clone)]
@@ -62,6 +91,24 @@ impl TestServer {
         pipelining: bool,
         rcpt_reply: Option<&'static str>,
     ) -> TestServer {
+        Self::start_options(Options {
+            eod: script,
+            mail: mail_script,
+            pipelining,
+            rcpt_reply,
+            hold_after_quit: false,
+        })
+        .await
+    }
+
+    pub async fn start_options(options: Options) -> TestServer {
+        let Options {
+            eod: script,
+            mail: mail_script,
+            pipelining,
+            rcpt_reply,
+            hold_after_quit,
+        } = options;
         let mails = Arc::new(AtomicU64::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -79,7 +126,8 @@ impl TestServer {
                 let (mail_script, mails) = (mail_script.clone(), mails.clone());
                 tokio::spawn(async move {
                     let mail = (mail_script, mails);
-                    let _ = session(sock, script, mail, r, e, pipelining, rcpt_reply).await;
+                    let behaviour = (pipelining, rcpt_reply, hold_after_quit);
+                    let _ = session(sock, script, mail, r, e, behaviour).await;
                 });
             }
         });
@@ -117,8 +165,7 @@ async fn session(
     (mail_script, mails): (Script, Arc<AtomicU64>),
     received: Arc<Mutex<Vec<Received>>>,
     eods: Arc<AtomicU64>,
-    pipelining: bool,
-    rcpt_reply: Option<&'static str>,
+    (pipelining, rcpt_reply, hold_after_quit): (bool, Option<&'static str>, bool),
 ) -> std::io::Result<()> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -204,6 +251,10 @@ async fn session(
             }
         } else if cmd.starts_with("QUIT") {
             w.write_all(b"221 bye\r\n").await?;
+            if hold_after_quit {
+                let mut sink = [0u8; 64];
+                let _ = tokio::time::timeout(HOLD_AFTER_QUIT, r.read(&mut sink)).await;
+            }
             return Ok(());
         } else {
             b"502 unknown\r\n"
@@ -212,14 +263,18 @@ async fn session(
     }
 }
 
-/// A config for tests: quiet, fast timeouts, the given extra flags.
+/// A config for tests: quiet, fast timeouts (unless `extra` sets one), the given
+/// extra flags.
 pub fn config(servers: &[SocketAddr], extra: &[&str]) -> loadgen::Config {
     let list = servers
         .iter()
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let mut args = vec!["loadgen", "--servers", &list, "--quiet", "--timeout", "5"];
+    let mut args = vec!["loadgen", "--servers", &list, "--quiet"];
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "5"]);
+    }
     args.extend_from_slice(extra);
     loadgen::Config::from_cli(args).unwrap()
 }

@@ -1,0 +1,34 @@
+//! Stampede's result analyzer as a library: the `analyze` binary is a thin command
+//! line over it, and tests call it directly.
+//!
+//! - [`catalog`](Catalog): finding and loading result files.
+//! - tables ([`show_table`], [`list_table`], [`summary_table`]): one result or many, as text.
+//! - [`compare`]: a baseline against a candidate, figure by figure, with a
+//!   Mann-Whitney U test for repeated runs ([`u_test`]).
+//! - [`evaluate_gates`]: absolute gates on one result.
+//! - [`draw_charts`]: PNG and SVG charts.
+//! - [`merge`]: one result from several generators' results.
+//!
+//! The modules stay private and only what the binary and the tests use is
+//! re-exported, so the compiler still reports dead code.
+
+mod catalog;
+mod chart;
+mod check;
+mod compare;
+mod figures;
+mod merge;
+mod significance;
+mod tables;
+
+pub use catalog::{Catalog, Entry, load};
+pub use chart::{ChartReport, draw_all as draw_charts};
+pub use check::{Gate, Outcome, evaluate as evaluate_gates};
+pub use compare::{
+    Comparison, Format as CompareFormat, Row, Side, Significance, Threshold, Thresholds, Verdict,
+    compare, render as render_comparison,
+};
+pub use figures::format_ms;
+pub use merge::merge;
+pub use significance::{ALPHA, Method, UTest, u_test};
+pub use tables::{list as list_table, show as show_table, summary as summary_table};
