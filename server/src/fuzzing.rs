@@ -70,7 +70,7 @@ pub fn data_reader(data: &[u8]) {
     );
 }
 
-/// A whole session fed arbitrary bytes through the I/O-free [`Dialogue`]: no panic,
+/// A whole session fed arbitrary bytes through the I/O-free `Dialogue`: no panic,
 /// every reply well formed, a close only after 221 or 421, accepted messages within
 /// the limits, memory charged within the limits and all of it released at the end,
 /// and the same replies and messages however the stream is split into reads.

@@ -24,7 +24,7 @@ use crate::input::InputBuffer;
 use crate::metrics::session_end;
 use crate::protocol::Reply;
 
-pub use dialogue::{Delivery, Dialogue, Outcome, Receipt, Step, Then};
+pub use dialogue::{Delivery, Dialogue, Step, Then};
 
 /// How a session ended (for the close log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
