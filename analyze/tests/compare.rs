@@ -374,19 +374,24 @@ fn each_settings_warning_is_printed_once() {
     assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
 }
 
+/// A PrixFixe file's figures are read and judged like a new one's, both ways round,
+/// at the default threshold: the legacy run did 546.04 msg/s, this one 100, so the
+/// legacy file is the better run on throughput and the worse on its 1 s maximum.
 #[test]
 fn legacy_files_compare_with_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let new = run(dir.path(), "new.json", 1_000, 20_000);
-    let out = analyze(&[
-        "compare",
-        s(&prixfixe("v0.2.0-burst-small-1k.json")),
-        s(&new),
-        "--threshold",
-        "off",
-    ]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("546.04"));
+    let legacy = prixfixe("v0.2.0-burst-small-1k.json");
+    let out = analyze(&["compare", s(&legacy), s(&new)]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("546.04"), "{}", out.stdout);
+    assert_eq!(verdict_of(&out.stdout, "msg/s"), "REGRESSION");
+    assert_eq!(verdict_of(&out.stdout, "latency max"), "better");
+    assert_eq!(verdict_of(&out.stdout, "success rate"), "same");
+
+    let out = analyze(&["compare", s(&new), s(&legacy)]);
+    assert_eq!(verdict_of(&out.stdout, "msg/s"), "better", "{}", out.stdout);
+    assert_eq!(verdict_of(&out.stdout, "latency max"), "REGRESSION");
 }
 
 #[test]
