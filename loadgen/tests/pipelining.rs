@@ -56,7 +56,11 @@ async fn scripted_session(listener: TcpListener, offer_pipelining: bool) -> Vec<
         assert!(!read.is_empty(), "the client closed before DATA: {reads:?}");
         let mut replies = String::new();
         for line in read.split_terminator("\r\n") {
-            replies.push_str(if line == "DATA" { "354 go on\r\n" } else { "250 ok\r\n" });
+            replies.push_str(if line == "DATA" {
+                "354 go on\r\n"
+            } else {
+                "250 ok\r\n"
+            });
             commands.push(line.to_string());
         }
         reads.push(read);
