@@ -407,3 +407,41 @@ fn bad_thresholds_and_arguments_exit_2() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--new"), "{}", out.stderr);
 }
+
+/// Sets `pointer` (a JSON pointer) in a written result file to `value`.
+fn edit(path: &Path, pointer: &str, value: serde_json::Value) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    *v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{pointer} in {}", path.display())) = value;
+    std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn settings_warnings_name_what_differs_and_stay_quiet_when_nothing_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = run(dir.path(), "base.json", 1_000, 20_000);
+    let same = run(dir.path(), "same.json", 1_000, 20_000);
+    let out = analyze(&["compare", s(&base), s(&same)]);
+    assert!(!out.stderr.contains("WARNING"), "{}", out.stderr);
+
+    let mut other = Builder::burst(&spread(1000, 1_000, 20_000), 10.0);
+    other.test_type = "custom".into();
+    other.workers = None;
+    other.rate = Some(100.0);
+    let other = other.write(dir.path(), "other.json");
+    edit(&other, "/servers", serde_json::json!(["mx.example:25"]));
+    edit(&other, "/generator_saturated", true.into());
+    edit(&other, "/run/interrupted", true.into());
+    let out = analyze(&["compare", s(&base), s(&other)]);
+    for expected in [
+        "WARNING: the runs differ in test type",
+        "WARNING: the runs differ in target rate: base base = none, new other = 100",
+        "WARNING: the runs differ in servers",
+        "WARNING: the runs differ in workers: base base = 10, new other = none",
+        "WARNING: new other was interrupted",
+        "WARNING: new other was limited by the generator",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
+    }
+}
