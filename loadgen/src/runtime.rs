@@ -22,13 +22,9 @@
 //! smtp-sink showed 16% of its CPU in that wake-up against loadgen and 6% against
 //! smtp-source, which rarely sleeps. Polling on is bounded: only while the shard's
 //! events come less than [`SPIN`] apart (its last sleep was that short), never longer
-//! than [`SPIN`] without an event. That also bounds what a server sharing the CPU
-//! can lose: while it waits for the CPU it sends nothing, so the shard sleeps within
-//! [`SPIN`]. (Yielding the CPU on every round was tried and dropped: on a machine
-//! busy with other work, `sched_yield` hands a whole time slice to an unrelated
-//! process, where a sleeping shard is woken by its next reply.) Against a slow or
-//! remote server a shard sleeps as before, so its CPU figure (and
-//! `generator_saturated`) does not fill up with polling.
+//! than [`SPIN`] without an event, and each round yields the CPU to anything else
+//! runnable on it. Against a slow or remote server a shard sleeps as before, so its
+//! CPU figure (and `generator_saturated`) does not fill up with polling.
 //!
 //! Only the closed model (burst) polls. There the server is meant to be the
 //! bottleneck and every wake-up it pays for lowers the figure being measured. In
@@ -246,6 +242,8 @@ fn before_sleep() {
             && recent
             && let Some(w) = r.poller.borrow().as_ref()
         {
+            // Whatever else wants this CPU (the server, on a small machine) goes first.
+            std::thread::yield_now();
             w.wake_by_ref();
             return;
         }
