@@ -250,6 +250,48 @@ else
     pass "the README's test-quick ran with its defaults and left no server running"
 fi
 
+step "the stress settings: docker/stress-test.toml and docker/stress-test.env agree"
+python3 - docker/stress-test.toml docker/stress-test.env <<'EOF' || fail "docker/stress-test.toml and docker/stress-test.env differ (change both together)"
+import sys, tomllib
+toml = {}
+for section, keys in tomllib.load(open(sys.argv[1], "rb")).items():
+    for key, value in keys.items():
+        toml["SMTP_" + key.upper()] = str(value)
+env = {}
+for line in open(sys.argv[2]):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        key, _, value = line.partition("=")
+        env[key] = value
+problems = [f"{k}: toml {toml.get(k)!r}, env {env.get(k)!r}"
+            for k in sorted(set(toml) | set(env)) if toml.get(k) != env.get(k)]
+for p in problems:
+    print("  " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+pass "docker/stress-test.toml and docker/stress-test.env hold the same settings"
+
+step "the README's manual example: smtp-server --config docker/stress-test.toml takes a sustained run from one address"
+# 150 connections in 3 s from one address: more than the production defaults'
+# 100 a minute per IP, which would answer 421 to a third of them.
+server_log="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e-server.XXXXXX")"
+target/release/smtp-server --config docker/stress-test.toml --bind 127.0.0.1 --port 0 --admin-port 0 >"$server_log" 2>&1 &
+manual_server=$!
+for _ in $(seq 1 50); do
+    grep -q 'smtp_addr=' "$server_log" && break
+    sleep 0.1
+done
+manual_addr="$(grep -o 'smtp_addr=[0-9.:]*' "$server_log" | head -n 1 | cut -d= -f2)"
+[[ -n "$manual_addr" ]] || { kill "$manual_server"; fail "smtp-server --config docker/stress-test.toml did not start: $(cat "$server_log")"; }
+manual_result="results/e2e-manual-$$.json"
+target/release/loadgen --servers "$manual_addr" --mode sustained --duration 3s --rate 50 --size medium \
+    --test-type manual --quiet --output "$manual_result"
+kill -TERM "$manual_server"
+wait "$manual_server" || true
+rm -f "$server_log"
+check_result "$manual_result" 150 1
+rm -f "$manual_result"
+
 step "options: bad values are refused up front, before or after the verb"
 check_refused --cooldown --local --cooldown abc test-all
 check_refused --cooldown --local test-all --cooldown abc

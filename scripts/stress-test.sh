@@ -28,7 +28,10 @@ IMAGE="$COMPOSE_PROJECT:local"
 CONTAINER_PREFIX=""
 [[ "$COMPOSE_PROJECT" == stampede ]] || CONTAINER_PREFIX="$COMPOSE_PROJECT-"
 DOCKER_CONTEXT="$ROOT/docker/bin"           # git-ignored build context
-ENV_FILE="$ROOT/docker/stress-test.env"
+# The stress settings: the local servers read the TOML file, the containers the env
+# file with the same settings (compose's env_file); .ci/stress-test-e2e.sh checks
+# that the two agree.
+SERVER_CONFIG="$ROOT/docker/stress-test.toml"
 
 MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
@@ -340,15 +343,9 @@ local_start() {
         admin="$(local_admin_port "$n")"
         logdir="$RESULTS_DIR/server$n-logs"
         mkdir -p "$logdir"
-        # The stress settings come from docker/stress-test.env, as in the compose file.
-        (
-            set -a
-            # shellcheck source=docker/stress-test.env
-            . "$ENV_FILE"
-            set +a
-            exec "$RELEASE_DIR/smtp-server" --bind 127.0.0.1 --port "$port" \
-                --admin-port "$admin" --domain "smtp-server-$n"
-        ) >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
+        # The stress settings (see SERVER_CONFIG); the flags set what differs per server.
+        "$RELEASE_DIR/smtp-server" --config "$SERVER_CONFIG" --bind 127.0.0.1 --port "$port" \
+            --admin-port "$admin" --domain "smtp-server-$n" >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
         pid=$!
         echo "$n $pid $port $admin" >>"$PID_FILE"
     done
