@@ -302,6 +302,21 @@ check_refused --servers test-quick --local --servers
 check_refused --messages --local test-burst --messages 0
 check_refused --duration --local test-sustained --duration=1x
 
+step "messages: --local build, help and README on run-custom"
+build_out="$("$ST" --local build 2>&1)"
+{ grep -q -- '--local: skipping the image' <<<"$build_out" && ! grep -q 'no Docker engine answers' <<<"$build_out"; } ||
+    fail "--local build does not say that --local skips the image: $build_out"
+pass "--local build: $(grep -- '--local' <<<"$build_out")"
+help_run_custom="$("$ST" help | sed -n '/^  run-custom/,/^  help/p')"
+# shellcheck disable=SC2016 # the backquotes are README text
+readme_run_custom="$(grep '^| `run-custom ARGS`' README.md)"
+# The flags run_loadgen adds when they are not given.
+for flag in --servers --output --test-type --port --monitor-containers; do
+    grep -q -- "$flag" <<<"$help_run_custom" || fail "help does not say that run-custom adds $flag"
+    grep -q -- "$flag" <<<"$readme_run_custom" || fail "README does not say that run-custom adds $flag"
+done
+pass "help and README name the same flags that run-custom adds"
+
 step "local: start, status, the tests (shortened), run-custom, test-quick --servers 3 (scales), stop"
 "$ST" --local start
 pids="$(recorded_pids)"
@@ -345,6 +360,13 @@ done
 pass "the running servers were scaled to 3 and stay up"
 "$ST" --local stop
 check_no_process "$pids"
+touch "$marker"
+logs_out="$("$ST" --local logs 2>&1)"
+{ grep -q 'no local server is running' <<<"$logs_out" && ! grep -q 'ok logs' <<<"$logs_out"; } ||
+    fail "--local logs with nothing running does not say so: $logs_out"
+[[ -z "$(find results -maxdepth 1 -name '*-logs.tar.gz' -newer "$marker" -print -quit)" ]] ||
+    fail "--local logs with nothing running archived stale logs"
+pass "--local logs with nothing running says so and archives nothing"
 
 step "local: --servers 3 test-quick (starts and stops its own servers)"
 touch "$marker"
@@ -354,7 +376,7 @@ check_result "$quick3b" 100 3
 [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-quick left its servers running"
 pass "test-quick stopped the servers it started"
 
-step "local: test-all --cooldown 2s (shortened)"
+step "local: test-all --cooldown 2s (shortened), ending with one table of the five"
 touch "$marker"
 all_out="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e-all.XXXXXX")"
 started=$SECONDS
@@ -362,10 +384,14 @@ started=$SECONDS
 elapsed=$((SECONDS - started))
 [[ "$(grep -c 'cooldown 2 s' "$all_out")" == 4 ]] || fail "test-all did not pause 2 s four times (--cooldown 2s)"
 ((elapsed >= 8)) || fail "test-all took $elapsed s, less than its four 2 s cooldowns"
+closing_table="$(sed -n '/test-all: 5 tests done/,$p' "$all_out")"
 for test in quick burst sustained heavy mixed; do
-    check_result "$(result_since "$marker" "$test")" 50 2
+    file="$(result_since "$marker" "$test")"
+    check_result "$file" 50 2
+    grep -q "│ $(basename "$file" .json) " <<<"$closing_table" || fail "test-all's closing table has no row for $file"
 done
-pass "test-all paused 2 s between its tests (${elapsed} s in all)"
+[[ "$(grep -c '^│ [0-9]' <<<"$closing_table")" == 5 ]] || fail "test-all's closing table does not hold exactly the five results: $closing_table"
+pass "test-all paused 2 s between its tests (${elapsed} s in all) and ended with one table of its five results"
 rm -f "$all_out"
 
 step "local: Ctrl-C (SIGINT to the script's process group) stops the servers the test started"
@@ -450,6 +476,15 @@ if [[ -z "$DOCKER_SKIP" ]]; then
     file="$(result_since "$marker" quick)"
     check_result "$file" 100 5
     check_resources "$file" 5 "$PREFIX"
+    python3 -c '
+import json, sys
+run = json.load(open(sys.argv[1]))["run"]
+want = {"git_sha": sys.argv[2], "hostname": sys.argv[3], "cpus": int(sys.argv[4])}
+got = {"git_sha": run["git_sha"], "hostname": run["host"]["hostname"], "cpus": run["host"]["cpus"]}
+sys.exit(0 if got == want else "run provenance %s, want %s" % (got, want))
+' "$file" "$(git rev-parse HEAD)" "$(uname -n)" "$(getconf _NPROCESSORS_ONLN)" ||
+        fail "the Docker result does not carry the host's git revision, name and CPU count"
+    pass "the Docker result carries the host's git revision, name and CPU count"
     [[ -z "$(project_containers)" ]] || fail "test-quick left containers: $(project_containers)"
 
     step "docker ($STAMPEDE_PROJECT): start --servers 2, status, limits, test-quick --servers 3 (scales), stop"
@@ -476,6 +511,24 @@ if [[ -z "$DOCKER_SKIP" ]]; then
     ! docker network inspect "${STAMPEDE_PROJECT}_stampede" >/dev/null 2>&1 ||
         fail "network ${STAMPEDE_PROJECT}_stampede left after stop"
     pass "no container or network of the project left"
+    step "docker ($STAMPEDE_PROJECT): a start that is not healthy in time names the saved logs"
+    # The health check first runs 2 s after a container starts: 1 s is too short.
+    touch "$marker"
+    status=0
+    health_err="$(STAMPEDE_HEALTH_TIMEOUT=1s "$ST" --docker --servers 1 start 2>&1 >/dev/null)" || status=$?
+    echo "$health_err"
+    if ((status == 0)); then
+        "$ST" --docker stop >/dev/null
+        skip "the container was healthy within 1 s; the failure message was not exercised"
+    else
+        saved="$(grep -o 'results/[0-9-]*-failed-logs.tar.gz' <<<"$health_err" | head -n 1)"
+        [[ -n "$saved" && -f "$saved" ]] || fail "the failed start does not name a saved log archive"
+        tar -tzf "$saved" | grep -q 'server1-logs/smtp-server-1.log' || fail "$saved lacks the server's log"
+        grep -q "last lines of the log of ${PREFIX}smtp-server-1" <<<"$health_err" || fail "the failed start printed no log lines"
+        ! grep -q "stress-test.sh logs" <<<"$health_err" || fail "the failed start points at 'logs' after removing the containers"
+        [[ -z "$(project_containers)" ]] || fail "the failed start left containers: $(project_containers)"
+        pass "the failed start printed the last log lines, saved $saved and removed its container"
+    fi
     "$ST" --docker clean >/dev/null
     ! docker image inspect "$STAMPEDE_PROJECT:local" >/dev/null 2>&1 || fail "the image $STAMPEDE_PROJECT:local is left after clean"
     pass "clean removed the project's image"

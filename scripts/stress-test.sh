@@ -105,8 +105,10 @@ Verbs:
   test-mixed       2600 messages in one burst run, 50 workers, sizes drawn with
                    the weights 1000 small : 1000 medium : 500 large : 100 xlarge
   test-all         every test above, with a cooldown between them
-  run-custom ARGS  run loadgen with ARGS passed through; --servers, --port, --output
-                   (and --monitor-containers under Docker) are added when not given
+  run-custom ARGS  run loadgen with ARGS passed through; added when not given:
+                   --servers (the running servers), --output
+                   results/<stamp>-custom.json, --test-type custom, and under
+                   Docker --port 2525 and --monitor-containers (the containers)
   help             this text
 
 Options (before or after the verb; after run-custom everything goes to loadgen):
@@ -274,7 +276,9 @@ ensure_image() {
 
 cmd_build() {
     cargo_build
-    if [[ "$BACKEND_FORCED" != local ]] && docker_answers; then
+    if [[ "$BACKEND_FORCED" == local ]]; then
+        info "--local: skipping the image (the local backend needs none)"
+    elif docker_answers; then
         build_image
     else
         info "no Docker engine answers: skipping the image (the local backend needs none)"
@@ -540,7 +544,17 @@ docker_wait_healthy() {
             esac
         done
         ((pending == 0)) && break
-        ((SECONDS < deadline)) || die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (see 'scripts/stress-test.sh logs')"
+        if ((SECONDS >= deadline)); then
+            for name in $(docker_containers_list | tr , ' '); do
+                echo "--- last lines of the log of $name:" >&2
+                docker logs --tail 20 "$name" >&2 2>&1 || true
+            done
+            if ((OWNED_SERVERS == 1)); then
+                # on_exit saves the logs before it removes the containers.
+                die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (STAMPEDE_HEALTH_TIMEOUT); their last log lines are above"
+            fi
+            die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (STAMPEDE_HEALTH_TIMEOUT); their last log lines are above, 'scripts/stress-test.sh logs' saves them all"
+        fi
         sleep 0.5
     done
     ok "$SERVERS container(s) healthy (published on 127.0.0.1:$(local_smtp_port 1)-$(local_smtp_port "$SERVERS"))"
@@ -649,20 +663,23 @@ cmd_logs() {
             done
             ;;
         local)
-            # Local servers write their logs there themselves.
-            for ((n = 1; n <= SERVERS; n++)); do
+            # Local servers write their logs there themselves; only the running
+            # ones' are this session's (the others are left from an earlier run).
+            local pid port
+            while read -r n pid port _; do
+                is_our_server "$pid" "$port" || continue
                 [[ -f "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" ]] || continue
                 files+=("server$n-logs/smtp-server-$n.log")
-            done
+            done < <(cat "$PID_FILE" 2>/dev/null)
             ;;
     esac
     if ((${#files[@]} == 0)); then
-        warn "no server logs found (start the servers or run a test first)"
+        warn "no $BACKEND server is running, so there are no logs to save (the files in results/server<N>-logs/ are from an earlier run; each test archives its own logs)"
         return 0
     fi
     archive="$RESULTS_DIR/$name-logs.tar.gz"
     tar -czf "$archive" -C "$RESULTS_DIR" "${files[@]}"
-    ok "logs of ${#files[@]} server(s): results/server<N>-logs/, archive ${archive#"$ROOT"/}"
+    ok "logs of ${#files[@]} running server(s): results/server<N>-logs/, archive ${archive#"$ROOT"/}"
 }
 
 # Runs loadgen against the current servers. $1: test name; the rest: loadgen flags.
@@ -713,7 +730,11 @@ run_loadgen() {
             local run_opts=(--rm)
             [[ -t 0 && -t 1 ]] || run_opts+=(-T)
             info "docker-compose run load-generator ${args[*]}"
-            STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
+            # The generator in its container would record the container's id as the
+            # host and no git revision: pass the host's.
+            STAMPEDE_GIT_SHA="${STAMPEDE_GIT_SHA:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)}" \
+                STAMPEDE_HOST_NAME="$(uname -n)" STAMPEDE_HOST_CPUS="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)" \
+                STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
                 STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
                 compose run "${run_opts[@]}" load-generator "${args[@]}"
             ;;
@@ -786,9 +807,13 @@ on_exit() {
     local status=$?
     if ((OWNED_SERVERS == 1)); then
         ((status == 0)) || warn "stopping the servers this run started"
-        # Keep the logs of a failed run before the containers go.
+        # Keep the logs of a failed run before the containers go, and say where.
         if ((status != 0)) && [[ "$BACKEND" == docker ]]; then
-            cmd_logs "$(stamp)-failed" >/dev/null 2>&1 || true
+            local saved
+            saved="$(stamp)-failed"
+            cmd_logs "$saved" >/dev/null 2>&1 || true
+            [[ ! -f "$RESULTS_DIR/$saved-logs.tar.gz" ]] ||
+                echo "the servers' logs are saved in results/$saved-logs.tar.gz (and results/server<N>-logs/)" >&2
         fi
         OWNED_SERVERS=0
         cmd_stop >/dev/null 2>&1 || true
@@ -831,7 +856,7 @@ cmd_test() {
 }
 
 cmd_test_all() {
-    local names=(quick burst sustained heavy mixed) i
+    local names=(quick burst sustained heavy mixed) i results=()
     ensure_servers
     for ((i = 0; i < ${#names[@]}; i++)); do
         if ((i > 0)); then
@@ -839,8 +864,24 @@ cmd_test_all() {
             sleep "$COOLDOWN_S"
         fi
         run_named_test "${names[$i]}"
+        results+=("$LAST_RESULT")
     done
     ok "test-all: ${#names[@]} tests done"
+    summarize "${results[@]}"
+}
+
+# One table of the given results (analyze summary over a directory holding only
+# links to them).
+summarize() {
+    local dir file
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/stampede-summary.XXXXXX")"
+    for file in "$@"; do
+        [[ "$file" == /* ]] || file="$ROOT/$file"
+        ln -s "$file" "$dir/"
+    done
+    echo
+    "$RELEASE_DIR/analyze" summary --dir "$dir" || warn "analyze summary failed; the results themselves are fine"
+    rm -rf "$dir"
 }
 
 cmd_run_custom() {
