@@ -92,12 +92,21 @@ pub fn draw_all(
         has_timeline,
         "timeline: left out of throughput and latency over time",
     );
+    // A timeline of zeros (no message finished) would draw an empty grid.
+    let has_traffic = |r: &RunResult| r.timeline.iter().any(|p| p.ok + p.failed > 0);
     if let Some(fed) = report.fed_by(
         &series,
-        has_timeline,
-        "throughput, latency: no input has a timeline",
+        has_traffic,
+        "throughput: no input's timeline has a finished message",
     ) {
         canvas.render(&Throughput(&fed), "throughput", &mut report)?;
+    }
+    let has_latency = |r: &RunResult| r.timeline.iter().any(|p| p.p99_ms > 0.0);
+    if let Some(fed) = report.fed_by(
+        &series,
+        has_latency,
+        "latency: no input's timeline has a successful message",
+    ) {
         canvas.render(&LatencyOverTime(&fed), "latency", &mut report)?;
     }
 
@@ -241,24 +250,58 @@ fn line_legend(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
 }
 
-/// Radius of the marker of a one-point line.
-const LONE_POINT_RADIUS: u32 = 4;
+/// Radius of the markers of a line of few points.
+const POINT_RADIUS: u32 = 4;
 
-/// A line through `points`. A line of one point has no length and would draw
-/// nothing (a one-second run, a container sampled once), so such a point is drawn
-/// as a filled marker instead.
+/// Lines of at most this many points mark each point: a short run or a container
+/// sampled a few times gives lines too short to read, or (one point) no line.
+const FEW_POINTS: usize = 12;
+
+/// A line through `points`, with a filled marker on each point when there are few
+/// of them (a line of one point has no length and would draw nothing else).
 fn line<DB: DrawingBackend>(
     points: impl IntoIterator<Item = (f64, f64)>,
     style: ShapeStyle,
 ) -> LineSeries<DB, (f64, f64)> {
     let points: Vec<(f64, f64)> = points.into_iter().collect();
-    let lone = points.len() == 1;
-    let series = LineSeries::new(points, if lone { style.filled() } else { style });
-    if lone {
-        series.point_size(LONE_POINT_RADIUS)
+    if points.len() <= FEW_POINTS {
+        LineSeries::new(points, style.filled()).point_size(POINT_RADIUS)
     } else {
-        series
+        LineSeries::new(points, style)
     }
+}
+
+/// Where a bucket of a timeline is drawn: at its end, in seconds since the start.
+fn bucket_end(s: &Series, p: &report::TimelinePoint) -> f64 {
+    p.t_s as f64 * s.result.timeline_bucket_s()
+}
+
+/// The end of the time axis: the last time drawn plus a margin, so a marker on
+/// the last point is not cut in half; 1 s when nothing is drawn.
+fn time_axis_end(last: f64) -> f64 {
+    if last > 0.0 && last.is_finite() {
+        last * 1.03
+    } else {
+        1.0
+    }
+}
+
+/// `1 s`, `20 ms`: a bucket width for a title.
+fn bucket_label(width_s: f64) -> String {
+    if width_s >= 1.0 {
+        format!("{width_s} s")
+    } else {
+        format!("{} ms", (width_s * 1000.0 * 1000.0).round() / 1000.0)
+    }
+}
+
+/// The bucket width shared by every series, or `None` when they differ.
+fn common_bucket_s(series: &[&Series]) -> Option<f64> {
+    let first = series.first()?.result.timeline_bucket_s();
+    series
+        .iter()
+        .all(|s| s.result.timeline_bucket_s() == first)
+        .then_some(first)
 }
 
 type TimeChart<'a, DB> = ChartContext<
@@ -296,7 +339,7 @@ where
         .margin(margin)
         .x_label_area_size(x_labels)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..max_t.max(1.0), 0f64..upper(max_y))?;
+        .build_cartesian_2d(0f64..time_axis_end(max_t), 0f64..upper(max_y))?;
     chart
         .configure_mesh()
         .x_desc("seconds since start")
@@ -305,7 +348,7 @@ where
     Ok(chart)
 }
 
-/// Successful messages per second over the run.
+/// Successful messages per second over the run, bucket by bucket.
 struct Throughput<'a>(&'a [&'a Series<'a>]);
 
 impl Chart for Throughput<'_> {
@@ -313,32 +356,44 @@ impl Chart for Throughput<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let points = || self.0.iter().flat_map(|s| &s.result.timeline);
-        let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
+        // Counts per bucket as rates, so buckets of any width read as msg/s.
+        let per_s = |s: &Series, n: u64| n as f64 / s.result.timeline_bucket_s();
+        let points = || {
+            self.0
+                .iter()
+                .flat_map(|s| s.result.timeline.iter().map(move |p| (*s, p)))
+        };
+        let max_t = points().map(|(s, p)| bucket_end(s, p)).fold(0.0, f64::max);
         let max_y = points()
-            .map(|p| p.ok.max(p.failed) as f64)
+            .map(|(s, p)| per_s(s, p.ok.max(p.failed)))
             .fold(0.0, f64::max);
-        let title = ("Throughput over time", Frame::Whole);
-        let mut chart = time_chart(root, title, "successful msg/s", max_t as f64, max_y)?;
+        let title = match common_bucket_s(self.0) {
+            Some(w) if w != 1.0 => format!("Throughput over time ({} buckets)", bucket_label(w)),
+            _ => "Throughput over time".to_string(),
+        };
+        let mut chart = time_chart(
+            root,
+            (&title, Frame::Whole),
+            "successful msg/s",
+            max_t,
+            max_y,
+        )?;
         for s in self.0 {
             let c = s.color;
+            let timeline = &s.result.timeline;
             chart
                 .draw_series(line(
-                    s.result
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t_s as f64, p.ok as f64)),
+                    timeline.iter().map(|p| (bucket_end(s, p), per_s(s, p.ok))),
                     c.stroke_width(2),
                 ))?
                 .label(s.name.clone())
                 .legend(line_legend(c, 2));
-            if s.result.timeline.iter().any(|p| p.failed > 0) {
+            if timeline.iter().any(|p| p.failed > 0) {
                 chart
                     .draw_series(line(
-                        s.result
-                            .timeline
+                        timeline
                             .iter()
-                            .map(|p| (p.t_s as f64, p.failed as f64)),
+                            .map(|p| (bucket_end(s, p), per_s(s, p.failed))),
                         c.mix(0.5).stroke_width(1),
                     ))?
                     .label(format!("{} failed/s", s.name))
@@ -349,7 +404,7 @@ impl Chart for Throughput<'_> {
     }
 }
 
-/// Per-second p50 and p99 over the run.
+/// p50 and p99 of each bucket over the run.
 struct LatencyOverTime<'a>(&'a [&'a Series<'a>]);
 
 impl Chart for LatencyOverTime<'_> {
@@ -357,23 +412,34 @@ impl Chart for LatencyOverTime<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let points = || self.0.iter().flat_map(|s| &s.result.timeline);
-        let max_t = points().map(|p| p.t_s).max().unwrap_or(1);
-        let max_y = points().map(|p| p.p99_ms.max(p.p50_ms)).fold(0.0, f64::max);
-        let title = ("Latency over time (per second)", Frame::Whole);
-        let mut chart = time_chart(root, title, "latency (ms)", max_t as f64, max_y)?;
+        let points = || {
+            self.0
+                .iter()
+                .flat_map(|s| s.result.timeline.iter().map(move |p| (*s, p)))
+        };
+        let max_t = points().map(|(s, p)| bucket_end(s, p)).fold(0.0, f64::max);
+        let max_y = points()
+            .map(|(_, p)| p.p99_ms.max(p.p50_ms))
+            .fold(0.0, f64::max);
+        let title = match common_bucket_s(self.0) {
+            Some(1.0) => "Latency over time (per second)".to_string(),
+            Some(w) => format!("Latency over time (per {})", bucket_label(w)),
+            None => "Latency over time (per bucket)".to_string(),
+        };
+        let mut chart = time_chart(root, (&title, Frame::Whole), "latency (ms)", max_t, max_y)?;
         for s in self.0 {
             let c = s.color;
+            let timeline = &s.result.timeline;
             chart
                 .draw_series(line(
-                    s.result.timeline.iter().map(|p| (p.t_s as f64, p.p99_ms)),
+                    timeline.iter().map(|p| (bucket_end(s, p), p.p99_ms)),
                     c.stroke_width(2),
                 ))?
                 .label(format!("{} p99", s.name))
                 .legend(line_legend(c, 2));
             chart
                 .draw_series(line(
-                    s.result.timeline.iter().map(|p| (p.t_s as f64, p.p50_ms)),
+                    timeline.iter().map(|p| (bucket_end(s, p), p.p50_ms)),
                     c.mix(0.6).stroke_width(1),
                 ))?
                 .label(format!("{} p50", s.name))
@@ -622,7 +688,7 @@ impl Chart for Resources<'_> {
             .iter()
             .flat_map(|(_, v)| v.iter())
             .map(|p| p.t_s)
-            .fold(1.0, f64::max);
+            .fold(0.0, f64::max);
         let panels = root.split_evenly((2, 1));
         type Value = fn(&report::ResourceSample) -> f64;
         let figures: [(&str, &str, Value); 2] = [

@@ -76,6 +76,7 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         run: Some(merged_run_info(inputs)),
         per_server,
         timeline: merge_timelines(inputs, &span.offsets),
+        timeline_bucket_s: Some(merged_bucket_s(inputs)),
         histograms: Some(sums.encode(server_hists)?),
         resources: merge_resources(inputs, &span.offsets),
     };
@@ -430,22 +431,44 @@ fn upper_bound(summaries: &[LatencySummary]) -> LatencySummary {
     }
 }
 
-/// Timelines aligned on wall time: each input's seconds are shifted by how much
-/// later than the earliest input it started (rounded to the second), then counts
-/// are summed second by second.
+/// The merged timeline's bucket width: the widest of the inputs', so every input's
+/// buckets fit in it.
+fn merged_bucket_s(inputs: &[(PathBuf, RunResult)]) -> f64 {
+    inputs
+        .iter()
+        .map(|(_, r)| r.timeline_bucket_s())
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE)
+}
+
+/// Timelines aligned on wall time: each input's buckets are shifted by how much
+/// later than the earliest input it started (rounded to a bucket), then counts
+/// are summed bucket by bucket. The buckets of an input finer than the merged
+/// width (a short run merged with longer ones) land in the bucket they end in.
 ///
-/// The per-second p50/p99 are **approximate**: results keep no per-second
-/// histograms, so each merged second takes the mean of the inputs' values weighted
-/// by their message counts in that second. Use the run's overall percentiles
+/// The per-bucket p50/p99 are **approximate**: results keep no per-bucket
+/// histograms, so each merged bucket takes the mean of the inputs' values weighted
+/// by their message counts in that bucket. Use the run's overall percentiles
 /// (exact, from the merged histograms) for anything that matters.
 fn merge_timelines(inputs: &[(PathBuf, RunResult)], offsets: &[f64]) -> Vec<TimelinePoint> {
+    let width = merged_bucket_s(inputs);
     // t_s → (point, weight sum)
-    let mut seconds: BTreeMap<u64, (TimelinePoint, f64)> = BTreeMap::new();
+    let mut buckets: BTreeMap<u64, (TimelinePoint, f64)> = BTreeMap::new();
     for ((_, r), offset) in inputs.iter().zip(offsets) {
-        let shift = offset.round() as u64;
+        let input_width = r.timeline_bucket_s();
+        let merged_bucket = |t_s: u64| -> u64 {
+            if input_width == width {
+                t_s + (offset / width).round() as u64
+            } else {
+                // A finer bucket lands in the merged bucket its end falls in;
+                // the allowance keeps 10 × 0.1 s in bucket 1 despite rounding.
+                let end = t_s as f64 * input_width + offset;
+                ((end / width) - 1e-9).ceil().max(1.0) as u64
+            }
+        };
         for p in &r.timeline {
-            let t_s = p.t_s + shift;
-            let (acc, weight) = seconds.entry(t_s).or_insert_with(|| {
+            let t_s = merged_bucket(p.t_s);
+            let (acc, weight) = buckets.entry(t_s).or_insert_with(|| {
                 (
                     TimelinePoint {
                         t_s,
@@ -463,7 +486,7 @@ fn merge_timelines(inputs: &[(PathBuf, RunResult)], offsets: &[f64]) -> Vec<Time
             *weight += w;
         }
     }
-    seconds
+    buckets
         .into_values()
         .map(|(mut p, weight)| {
             if weight > 0.0 {

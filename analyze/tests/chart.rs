@@ -161,3 +161,68 @@ fn unreadable_input_draws_nothing_and_exits_2() {
     assert!(out.stderr.contains("bad.json: truncated"), "{}", out.stderr);
     assert!(!out_dir.exists());
 }
+
+/// A run of 30 ms with 1 ms buckets (as loadgen writes a quick test): the charts
+/// say the width, draw each series, and read its buckets as seconds of the run.
+#[test]
+fn a_short_run_is_charted_over_its_own_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Builder::burst(&spread(300, 1_000, 6_000), 0.03);
+    b.bucket_s = Some(0.001);
+    let a = b.write(dir.path(), "base.json");
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&["chart", s(&a), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let throughput = std::fs::read_to_string(out_dir.join("throughput.svg")).unwrap();
+    assert!(
+        throughput.contains("Throughput over time (1 ms buckets)"),
+        "the title names the bucket width"
+    );
+    // 10 messages per 1 ms bucket are 10,000 msg/s: the value axis reaches it.
+    assert!(
+        throughput.contains("10000"),
+        "msg/s, not messages per bucket"
+    );
+    // The time axis ends with the run (0.03 s), not at bucket number 30.
+    assert!(throughput.contains("0.03") && !throughput.contains(">30<"));
+    let latency = std::fs::read_to_string(out_dir.join("latency.svg")).unwrap();
+    assert!(latency.contains("Latency over time (per 1 ms)"));
+    for name in ["throughput", "latency"] {
+        let png = out_dir.join(format!("{name}.png"));
+        let n = pixels_of(&png, SERIES[0]);
+        assert!(n > 2 * 200, "{name}: only {n} pixels of the series");
+    }
+}
+
+/// A run where no message succeeded has no latency to draw over time: that chart
+/// is left out with a line saying why, not written as an empty grid.
+#[test]
+fn a_chart_with_nothing_to_draw_is_skipped_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 50;
+    let a = Builder::burst(&spread(n, 1_000, 6_000), 2.0)
+        .failing_last(n)
+        .build();
+    let mut a = a;
+    for p in &mut a.timeline {
+        // A failed message has no latency: loadgen records none per bucket.
+        (p.p50_ms, p.p99_ms) = (0.0, 0.0);
+    }
+    let path = dir.path().join("failed.json");
+    a.save(&path).unwrap();
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&["chart", s(&path), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out_dir.join("throughput.png").exists(),
+        "failures per second"
+    );
+    assert!(!out_dir.join("latency.png").exists());
+    assert!(!out_dir.join("latency.svg").exists());
+    assert!(
+        out.stderr
+            .contains("skipped: latency: no input's timeline has a successful message"),
+        "{}",
+        out.stderr
+    );
+}

@@ -151,6 +151,29 @@ fn timelines_align_on_wall_time() {
     assert_eq!(m.timeline[14].t_s, 15);
 }
 
+/// A short run's millisecond buckets merge into a longer run's seconds: the
+/// merged file keeps the wider width and every message lands in the second it
+/// happened in.
+#[test]
+fn timelines_of_different_bucket_widths_merge_into_the_wider() {
+    let dir = tempfile::tempdir().unwrap();
+    let lat = spread(100, 1_000, 2_000);
+    let a = Builder::burst(&lat, 10.0)
+        .start("2026-11-22T12:00:00Z")
+        .write(dir.path(), "a.json");
+    // 30 messages in 30 ms, starting 2.5 s after a: its third second.
+    let mut b = Builder::burst(&spread(30, 1_000, 2_000), 0.03).start("2026-11-22T12:00:02.5Z");
+    b.bucket_s = Some(0.001);
+    let b = b.write(dir.path(), "b.json");
+    let out_path = dir.path().join("m.json");
+    let out = analyze(&["merge", s(&a), s(&b), "-o", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = report::load(&out_path).unwrap();
+    assert_eq!(m.timeline_bucket_s, Some(1.0));
+    let sent: Vec<u64> = m.timeline.iter().map(|p| p.sent).collect();
+    assert_eq!(sent, [10, 10, 40, 10, 10, 10, 10, 10, 10, 10]);
+}
+
 #[test]
 fn legacy_inputs_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -216,7 +216,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     if let Some(o) = config.as_object_mut() {
         o.insert("run_id".into(), f.run_id.into());
     }
-    let seconds = f.duration.as_secs_f64().ceil() as usize;
+    let (timeline, bucket) = stats.timeline(f.duration);
     let (concurrent_workers, target_rate) = match c.mode {
         Mode::Burst { workers, .. } => (Some(u64::from(workers)), None),
         Mode::Sustained { rate, .. } => (None, Some(rate)),
@@ -241,7 +241,8 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
             generator: Some(generator),
         }),
         per_server,
-        timeline: stats.timeline(seconds),
+        timeline,
+        timeline_bucket_s: Some(bucket.as_secs_f64()),
         histograms: Some(histograms),
         resources: f.resources,
     })

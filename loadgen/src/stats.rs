@@ -10,10 +10,11 @@
 //!   or a late timer carries that wait.
 //! - phases: every phase that got a reply, whatever the outcome.
 //! - failures by code or class; every final reply code in `replies`.
-//! - per second (by completion time) for the timeline, per server for `per_server`.
+//! - per bucket of time (by completion time; one second, or less in a short run)
+//!   for the timeline, per server for `per_server`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use report::{LatencyHistogram, Phase, new_latency_histogram, record_latency};
 
@@ -72,9 +73,9 @@ pub struct ServerStats {
     pub total: LatencyHistogram,
 }
 
-/// Counters of one second of the timeline.
+/// Counters of one bucket of the timeline.
 #[derive(Debug, Clone, Copy, Default)]
-struct Second {
+struct Bucket {
     sent: u64,
     ok: u64,
     failed: u64,
@@ -82,35 +83,136 @@ struct Second {
     p99_ms: f64,
 }
 
-/// Per-second figures; one small entry per second, nothing per message.
+/// Figures per bucket of `width`; one small entry per bucket, nothing per message.
+/// A timeline with a `cap` stops growing there: it only serves runs short enough
+/// to fit, and costs nothing afterwards.
 #[derive(Debug)]
 struct Timeline {
-    seconds: Vec<Second>,
+    width: Duration,
+    cap: Option<usize>,
+    buckets: Vec<Bucket>,
     open: usize,
     hist: LatencyHistogram,
 }
 
 impl Timeline {
-    fn slot(&mut self, s: usize) -> &mut Second {
-        if self.seconds.len() <= s {
-            self.seconds.resize(s + 1, Second::default());
+    fn new(width: Duration, cap: Option<usize>) -> Self {
+        Timeline {
+            width,
+            cap,
+            buckets: Vec::new(),
+            open: 0,
+            hist: new_latency_histogram(),
         }
-        &mut self.seconds[s]
     }
 
-    fn close_open_second(&mut self) {
+    fn bucket_of(&self, since_origin: Duration) -> usize {
+        (since_origin.as_nanos() / self.width.as_nanos()) as usize
+    }
+
+    /// The bucket `b`, or `None` past the cap.
+    fn slot(&mut self, b: usize) -> Option<&mut Bucket> {
+        if self.cap.is_some_and(|cap| b >= cap) {
+            return None;
+        }
+        if self.buckets.len() <= b {
+            self.buckets.resize(b + 1, Bucket::default());
+        }
+        Some(&mut self.buckets[b])
+    }
+
+    /// Counts a message sent at `sent` and finished at `done` (both since the
+    /// origin), with its latency when it succeeded.
+    fn record(&mut self, sent: Duration, done: Duration, ok_latency_us: Option<u64>) {
+        let (sent, done) = (self.bucket_of(sent), self.bucket_of(done));
+        if let Some(b) = self.slot(sent) {
+            b.sent += 1;
+        }
+        let Some(b) = self.slot(done) else { return };
+        match ok_latency_us {
+            Some(us) => {
+                b.ok += 1;
+                // Completions arrive nearly in order: percentiles are kept for the
+                // newest bucket only, and a straggler counts in it.
+                if done > self.open {
+                    self.close_open_bucket();
+                    self.open = done;
+                }
+                record_latency(&mut self.hist, us);
+            }
+            None => b.failed += 1,
+        }
+    }
+
+    fn close_open_bucket(&mut self) {
         if !self.hist.is_empty() {
             let (p50, p99) = (
                 self.hist.value_at_quantile(0.5) as f64 / 1000.0,
                 self.hist.value_at_quantile(0.99) as f64 / 1000.0,
             );
             let open = self.open;
-            let sec = self.slot(open);
-            sec.p50_ms = p50;
-            sec.p99_ms = p99;
+            if let Some(b) = self.slot(open) {
+                b.p50_ms = p50;
+                b.p99_ms = p99;
+            }
             self.hist.reset();
         }
     }
+
+    /// The points, `len` buckets long at least.
+    fn points(&mut self, len: usize) -> Vec<report::TimelinePoint> {
+        self.close_open_bucket();
+        if len > 0 && self.buckets.len() < len {
+            self.slot(len - 1);
+        }
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| report::TimelinePoint {
+                t_s: i as u64 + 1,
+                sent: b.sent,
+                ok: b.ok,
+                failed: b.failed,
+                p50_ms: b.p50_ms,
+                p99_ms: b.p99_ms,
+            })
+            .collect()
+    }
+}
+
+/// Runs at least this long keep one-second buckets.
+const LONG_RUN: Duration = Duration::from_secs(10);
+/// Bucket widths a shorter run may use, finest first; the finest that gives a
+/// readable chart wins (see [`Stats::timeline`]).
+const SHORT_RUN_WIDTHS_MS: [u64; 4] = [1, 5, 20, 100];
+/// At most this many buckets in a short run's timeline (100 ms × 200 covers
+/// [`LONG_RUN`] twice over).
+const MAX_SHORT_BUCKETS: usize = 200;
+/// A bucket width is fine enough to chart when its buckets average this many
+/// messages; thinner ones draw noise.
+const MIN_MESSAGES_PER_BUCKET: u64 = 3;
+
+/// Buckets of `width` that cover `duration` (one at least).
+fn buckets_in(duration: Duration, width: Duration) -> usize {
+    (duration.as_nanos().div_ceil(width.as_nanos()) as usize).max(1)
+}
+
+/// The bucket width for a run of `duration` with `messages`: one second for long
+/// runs, or for short runs with too few messages to fill finer buckets; else the
+/// finest width that keeps the chart within [`MAX_SHORT_BUCKETS`] points of
+/// [`MIN_MESSAGES_PER_BUCKET`] messages on average.
+fn bucket_width(duration: Duration, messages: u64) -> Duration {
+    if duration >= LONG_RUN {
+        return Duration::from_secs(1);
+    }
+    SHORT_RUN_WIDTHS_MS
+        .iter()
+        .map(|&ms| Duration::from_millis(ms))
+        .find(|&w| {
+            let n = buckets_in(duration, w);
+            n <= MAX_SHORT_BUCKETS && messages >= MIN_MESSAGES_PER_BUCKET * n as u64
+        })
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// Everything measured during a run.
@@ -128,7 +230,10 @@ pub struct Stats {
     /// Sends the dispatcher itself released late (the generator ran behind).
     pub generator_late_sends: u64,
     pub last_completion: Option<Instant>,
+    /// One-second buckets, for any run.
     timeline: Timeline,
+    /// Finer buckets ([`SHORT_RUN_WIDTHS_MS`]), for the first seconds only.
+    short_timelines: Vec<Timeline>,
 }
 
 impl Stats {
@@ -150,16 +255,12 @@ impl Stats {
             late_sends: 0,
             generator_late_sends: 0,
             last_completion: None,
-            timeline: Timeline {
-                seconds: Vec::new(),
-                open: 0,
-                hist: new_latency_histogram(),
-            },
+            timeline: Timeline::new(Duration::from_secs(1), None),
+            short_timelines: SHORT_RUN_WIDTHS_MS
+                .iter()
+                .map(|&ms| Timeline::new(Duration::from_millis(ms), Some(MAX_SHORT_BUCKETS)))
+                .collect(),
         }
-    }
-
-    fn second_of(&self, t: Instant) -> usize {
-        t.saturating_duration_since(self.origin).as_secs() as usize
     }
 
     pub fn record(&mut self, r: &MessageRecord) {
@@ -184,49 +285,34 @@ impl Stats {
             self.last_completion = Some(r.finished);
         }
 
-        let sent_second = self.second_of(r.scheduled.unwrap_or(r.started));
-        let done_second = self.second_of(r.finished);
-        self.timeline.slot(sent_second).sent += 1;
-        if r.outcome.is_ok() {
-            self.timeline.slot(done_second).ok += 1;
-        } else {
-            self.timeline.slot(done_second).failed += 1;
-        }
-
-        if r.outcome.is_ok() {
-            let us = micros(r.finished - r.started);
+        let ok_latency_us = r.outcome.is_ok().then(|| micros(r.finished - r.started));
+        if let Some(us) = ok_latency_us {
             record_latency(&mut self.total, us);
             record_latency(&mut self.servers[r.server].total, us);
             if let (Some(h), Some(s)) = (&mut self.corrected, r.scheduled) {
                 record_latency(h, micros(r.finished.saturating_duration_since(s)));
             }
-            if done_second > self.timeline.open {
-                self.timeline.close_open_second();
-                self.timeline.open = done_second;
-            }
-            record_latency(&mut self.timeline.hist, us);
+        }
+        let since = |t: Instant| t.saturating_duration_since(self.origin);
+        let (sent, done) = (since(r.scheduled.unwrap_or(r.started)), since(r.finished));
+        for t in std::iter::once(&mut self.timeline).chain(&mut self.short_timelines) {
+            t.record(sent, done, ok_latency_us);
         }
     }
 
-    /// One point per second, `seconds` long at least (the run's length).
-    pub fn timeline(&mut self, seconds: usize) -> Vec<report::TimelinePoint> {
-        self.timeline.close_open_second();
-        if self.timeline.seconds.len() < seconds {
-            self.timeline.slot(seconds - 1);
-        }
-        self.timeline
-            .seconds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| report::TimelinePoint {
-                t_s: i as u64 + 1,
-                sent: s.sent,
-                ok: s.ok,
-                failed: s.failed,
-                p50_ms: s.p50_ms,
-                p99_ms: s.p99_ms,
-            })
-            .collect()
+    /// The timeline of a run of `duration`, and its bucket width: one-second
+    /// buckets for runs of ten seconds or more (at least `ceil(duration)` of
+    /// them), finer ones for shorter runs so a run of a fraction of a second
+    /// still shows its shape.
+    pub fn timeline(&mut self, duration: Duration) -> (Vec<report::TimelinePoint>, Duration) {
+        let width = bucket_width(duration, self.counts.total);
+        let timeline = self
+            .short_timelines
+            .iter_mut()
+            .find(|t| t.width == width)
+            .unwrap_or(&mut self.timeline);
+        let len = duration.as_nanos().div_ceil(width.as_nanos()) as usize;
+        (timeline.points(len), width)
     }
 }
 
@@ -279,10 +365,46 @@ mod tests {
         assert_eq!(s.replies.get(&451), Some(&1));
         assert_eq!(s.total.len(), 2);
         assert_eq!(s.corrected.as_ref().unwrap().len(), 2);
-        let t = s.timeline(4);
+        let (t, width) = s.timeline(Duration::from_millis(3_500));
+        assert_eq!(
+            width,
+            Duration::from_secs(1),
+            "5 messages are too few to split"
+        );
         assert_eq!(t.len(), 4);
         assert_eq!(t.iter().map(|p| p.sent).sum::<u64>(), 5);
         assert_eq!((t[0].ok, t[0].failed, t[2].ok, t[2].failed), (1, 1, 1, 1));
         assert!(t[0].p99_ms >= 2.0 && t[3].sent == 0);
+    }
+
+    #[test]
+    fn short_runs_get_finer_buckets_and_long_runs_keep_seconds() {
+        let ms = Duration::from_millis;
+        // test-quick: 100 messages in 30 ms.
+        assert_eq!(bucket_width(ms(30), 100), ms(1));
+        assert_eq!(bucket_width(ms(36), 100), ms(5), "37 buckets of under 3");
+        assert_eq!(bucket_width(ms(2_000), 10_000), ms(20));
+        assert_eq!(bucket_width(ms(9_900), 10_000), ms(100));
+        // Too few messages to fill finer buckets: one point per second, as before.
+        assert_eq!(bucket_width(ms(4_000), 100), ms(1_000));
+        assert_eq!(bucket_width(Duration::ZERO, 0), ms(1_000));
+        // Ten seconds or more: one-second buckets, whatever the count.
+        assert_eq!(bucket_width(ms(10_000), 1_000_000), ms(1_000));
+    }
+
+    #[test]
+    fn a_short_run_is_counted_in_millisecond_buckets() {
+        let o = Instant::now();
+        let mut s = Stats::new(o, 1, false);
+        // 120 messages started over 30 ms, each finishing 2 ms after its start.
+        for i in 0..120 {
+            s.record(&rec(o, 0, i / 4, Ok(250)));
+        }
+        let (t, width) = s.timeline(Duration::from_millis(32));
+        assert_eq!(width, Duration::from_millis(1));
+        assert_eq!(t.len(), 32);
+        assert_eq!(t.iter().map(|p| p.sent).sum::<u64>(), 120);
+        assert_eq!((t[0].sent, t[0].ok, t[2].ok, t[31].ok), (4, 0, 4, 4));
+        assert!(t[2].p50_ms >= 2.0 && t[2].p99_ms < 3.0, "{:?}", t[2]);
     }
 }

@@ -93,6 +93,45 @@ async fn burst_counts_add_up_and_split_round_robin_over_three_servers() {
     assert!(r.run.as_ref().unwrap().generator.unwrap().max_rss_bytes > 0);
 }
 
+/// A burst of a fraction of a second gets sub-second buckets, so its charts show
+/// its course rather than one point; the width is in the result.
+#[tokio::test]
+async fn a_short_burst_has_a_timeline_of_several_sub_second_buckets() {
+    let server = TestServer::start(TestServer::accepting()).await;
+    let r = run(config(
+        &[server.addr],
+        &["--messages", "300", "--workers", "10", "--size", "small"],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.successful_messages, 300);
+    assert!(
+        m.duration_seconds < 10.0,
+        "{} s is no short run",
+        m.duration_seconds
+    );
+    let width = r
+        .timeline_bucket_s
+        .expect("the result names its bucket width");
+    assert!(
+        width < 1.0,
+        "{width} s buckets for a {} s run",
+        m.duration_seconds
+    );
+    assert!(r.timeline.len() > 1, "{:?}", r.timeline);
+    // The buckets cover the run, and no more.
+    let covered = r.timeline.len() as f64 * width;
+    assert!(
+        covered >= m.duration_seconds && covered < m.duration_seconds + width + 1e-9,
+        "{} buckets of {width} s for {} s",
+        r.timeline.len(),
+        m.duration_seconds
+    );
+    assert_eq!(r.timeline.iter().map(|p| p.sent).sum::<u64>(), 300);
+    assert_eq!(r.timeline.iter().map(|p| p.ok).sum::<u64>(), 300);
+    assert!(r.timeline.iter().any(|p| p.p99_ms > 0.0));
+}
+
 #[tokio::test]
 async fn sizes_on_the_wire_are_within_one_percent() {
     let server = TestServer::start(TestServer::accepting()).await;

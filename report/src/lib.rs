@@ -56,9 +56,14 @@ pub struct RunResult {
     pub run: Option<RunInfo>,
     #[serde(default)]
     pub per_server: Vec<ServerMetrics>,
-    /// One point per second of the run.
+    /// One point per bucket of the run, in order.
     #[serde(default)]
     pub timeline: Vec<TimelinePoint>,
+    /// Width of the timeline's buckets in seconds: 1 for runs of ten seconds or
+    /// more, less for shorter runs. Absent in older files, which meant 1; read it
+    /// through [`RunResult::timeline_bucket_s`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline_bucket_s: Option<f64>,
     /// Serialized histograms that make results exactly mergeable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histograms: Option<Histograms>,
@@ -177,7 +182,9 @@ pub struct ServerMetrics {
     pub error_breakdown: BTreeMap<String, u64>,
 }
 
-/// One second of the run. `t_s` counts from the run's start (1 = the first second).
+/// One bucket of the run's timeline. `t_s` numbers the buckets from the run's
+/// start (1 = the first); the bucket ends `t_s × timeline_bucket_s` seconds in, so
+/// with one-second buckets it is the second.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimelinePoint {
     pub t_s: u64,
@@ -211,6 +218,13 @@ pub struct ResourceSample {
 }
 
 impl RunResult {
+    /// The width of the timeline's buckets in seconds (1 when the file does not say).
+    pub fn timeline_bucket_s(&self) -> f64 {
+        self.timeline_bucket_s
+            .filter(|w| *w > 0.0 && w.is_finite())
+            .unwrap_or(1.0)
+    }
+
     /// True for the seed generator's (PrixFixe) files, which have no `schema` key.
     pub fn is_legacy(&self) -> bool {
         self.schema.is_none()

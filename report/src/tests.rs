@@ -38,6 +38,7 @@ fn sample_result() -> RunResult {
         run: None,
         per_server: vec![],
         timeline: vec![],
+        timeline_bucket_s: None,
         histograms: Some(Histograms {
             total: encode_histogram(&total).unwrap(),
             ..Histograms::default()

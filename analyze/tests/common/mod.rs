@@ -41,6 +41,8 @@ pub struct Builder {
     pub corrected_extra_us: Option<u64>,
     pub resources: bool,
     pub host: String,
+    /// The timeline's bucket width in seconds; `None` writes no width (1 s).
+    pub bucket_s: Option<f64>,
 }
 
 /// `n` latencies spread evenly between `lo_us` and `hi_us`.
@@ -77,6 +79,7 @@ impl Builder {
             corrected_extra_us: None,
             resources: false,
             host: "gen-1".into(),
+            bucket_s: None,
         }
     }
 
@@ -133,7 +136,7 @@ impl Builder {
             record_latency(h, s.us);
             m.total_messages += 1;
             let second = seconds
-                .entry(s.at_s.floor() as u64 + 1)
+                .entry((s.at_s / self.bucket_s.unwrap_or(1.0)).floor() as u64 + 1)
                 .or_insert_with(|| (0, 0, new_latency_histogram()));
             record_latency(&mut second.2, s.us);
             if s.ok {
@@ -261,6 +264,7 @@ impl Builder {
             }),
             per_server,
             timeline,
+            timeline_bucket_s: self.bucket_s,
             histograms: Some(histograms),
             resources,
         }
