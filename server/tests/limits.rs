@@ -220,16 +220,19 @@ async fn memory_above_critical_refuses_new_transactions_but_warning_does_not() {
 
     let critical = server.hold_memory(BUDGET / 100 * 15);
     c.cmd("MAIL FROM:<a@b.example>").await.assert(452, "4.3.1");
-    let (status, _) = common::http_get(server.admin_addr().unwrap(), "/health").await;
+    let (status, body) = common::http_get(server.admin_addr().unwrap(), "/health").await;
     assert_eq!(status, 503);
+    // Only what the README documents: the state, for a person reading it.
+    assert_eq!(body, r#"{"status":"memory critical"}"#);
     let mut refused = Client::connect(server.smtp_addr()).await;
     refused.reply().await.assert(452, "4.3.1");
 
     drop(critical);
     drop(warning);
     c.cmd("MAIL FROM:<a@b.example>").await.assert(250, "2.1.0");
-    let (status, _) = common::http_get(server.admin_addr().unwrap(), "/health").await;
+    let (status, body) = common::http_get(server.admin_addr().unwrap(), "/health").await;
     assert_eq!(status, 200);
+    assert_eq!(body, r#"{"status":"ok"}"#);
     stop(server).await;
 }
 

@@ -31,8 +31,9 @@ async fn shutdown_lets_a_transaction_finish_and_closes_idle_sessions_with_421_4_
     // A session with no transaction open has nothing to finish.
     idle.reply().await.assert(421, "4.3.2");
     assert!(idle.is_closed().await);
-    let (status, _) = http_get(admin, "/health").await;
+    let (status, body) = http_get(admin, "/health").await;
     assert_eq!(status, 503, "draining server reports unhealthy");
+    assert_eq!(body, r#"{"status":"draining"}"#);
     // No new sessions while draining.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let refused = tokio::net::TcpStream::connect(addr).await;
