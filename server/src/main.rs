@@ -99,10 +99,12 @@ fn main() -> ExitCode {
         return healthcheck(&args, sub);
     }
     init_tracing(cli.run.log_format);
+    // An error that ends the process is said once, on stderr: logging it as well
+    // would print it a second time (the log goes to stdout, which a terminal or
+    // `docker logs` shows beside stderr).
     let config = match Config::load(cli.run.config.as_deref(), &matches) {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("smtp-server: {e}");
             return ExitCode::from(BAD_CONFIG);
         }
@@ -110,7 +112,6 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("smtp-server: {e:#}");
             ExitCode::FAILURE
         }

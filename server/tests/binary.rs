@@ -326,6 +326,66 @@ fn invalid_values_from_flag_env_and_file_name_their_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory_critical_threshold"));
 }
 
+/// How many times `needle` appears in what the process printed, stdout and stderr.
+fn printed(out: &std::process::Output, needle: &str) -> usize {
+    [&out.stdout, &out.stderr]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).matches(needle).count())
+        .sum()
+}
+
+/// A configuration error is said once, on stderr, with exit 2; a startup failure
+/// (the port is taken) once, with exit 1. Each used to be logged on stdout too.
+#[test]
+fn an_error_that_stops_the_server_is_printed_once_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[resources]\nmax_connections = \"lots\"\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--max-connections", "abc"], "max_connections"),
+        (
+            &["--config", "/nonexistent/smtp.toml"],
+            "cannot read config file /nonexistent/smtp.toml",
+        ),
+        (&["--config", bad], "resources.max_connections"),
+    ];
+    for (args, says) in cases {
+        let out = output(refused_command(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(
+            printed(&out, says),
+            1,
+            "{args:?} printed more than once: {out:?}"
+        );
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    // RUST_LOG=info (from `command`): the log is on, and still says nothing of it.
+    let out = output(command(&[
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--admin-port",
+        "0",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("smtp-server: "))
+        .expect("the error on stderr");
+    assert_eq!(
+        printed(&out, line.trim_start_matches("smtp-server: ")),
+        1,
+        "{out:?}"
+    );
+}
+
 #[tokio::test]
 async fn json_logs_carry_the_listen_addresses_as_fields() {
     let server = spawn(command(&[
