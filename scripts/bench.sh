@@ -15,6 +15,9 @@
 # Needs release binaries (built here if missing), python3, and for `server` and
 # `loadgen` Postfix's smtp-source and smtp-sink (Debian: apt-get install postfix).
 # Traffic goes to 127.0.0.1 only; every server started here is stopped by its PID.
+#
+# Sourced (scripts/perf-gate.sh does), it defines its helpers and runs nothing.
+# Either way the working directory becomes the repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -23,6 +26,9 @@ OUT="$(mktemp -d "${TMPDIR:-/tmp}/stampede-bench.XXXXXX")"
 REPEATS="${BENCH_REPEATS:-3}"
 CLK_TCK="$(getconf CLK_TCK)"
 PIDS=()
+# Commands put before the binaries, e.g. a handicap in scripts/perf-gate.sh's tests.
+LOADGEN_WRAP=()
+SERVER_WRAP=()
 
 cleanup() {
     local pid
@@ -60,7 +66,7 @@ start_smtp_server() {
         set +a
         SMTP_PORT=$port SMTP_ADMIN_PORT=0 SMTP_MAX_CONNECTIONS="${SMTP_MAX_CONNECTIONS_BENCH:-2000}" \
             SMTP_MAX_CONNECTIONS_PER_IP="${SMTP_MAX_CONNECTIONS_BENCH:-2000}" \
-            exec "$BIN/smtp-server" >"$OUT/server-$port.log" 2>&1
+            exec "${SERVER_WRAP[@]}" "$BIN/smtp-server" >"$OUT/server-$port.log" 2>&1
     ) &
     echo $!
 }
@@ -85,13 +91,13 @@ stop() {
     kill -9 "$1" 2>/dev/null || true
 }
 
-# smtp-source run, 20 sessions of 10 KiB messages; prints "seconds client_cpu_s"
-# (smtp-source reports no timing of its own).
+# smtp-source run, 20 sessions of $4 bytes (default 10 KiB); prints "seconds
+# client_cpu_s" (smtp-source reports no timing of its own).
 smtp_source() {
-    local port=$1 messages=$2 extra=$3 t0 t1
+    local port=$1 messages=$2 extra=$3 size=${4:-10240} t0 t1
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$messages" -l 10240 \
+    /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$messages" -l "$size" \
         -f bench@stampede.test -t sink@example.test $extra "127.0.0.1:$port" >/dev/null
     t1=$(date +%s.%N)
     echo "$t0 $t1 $(cat "$OUT/time")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
@@ -102,12 +108,12 @@ loadgen_run() {
     local port=$1 file
     shift
     file="$OUT/loadgen-$RANDOM$RANDOM.json"
-    "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" "$@" >/dev/null
+    "${LOADGEN_WRAP[@]}" "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" "$@" >/dev/null
     python3 - "$file" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 m = r["metrics"]; g = (r.get("run") or {}).get("generator") or {}
-print("%.1f %.2f %.1f %d %d %.1f" % (m["messages_per_second"], g.get("cpu_seconds", 0),
+print("%.1f %.2f %.1f %d %d %.4f" % (m["messages_per_second"], g.get("cpu_seconds", 0),
       g.get("max_rss_bytes", 0) / 1048576, m["successful_messages"], m.get("late_sends", 0),
       m["duration_seconds"]))
 EOF
@@ -225,6 +231,7 @@ bench_memory() {
     stop "$pid"
 }
 
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 build
 case "${1:-}" in
     server) bench_server ;;
