@@ -95,12 +95,13 @@ stop() {
 # client_cpu_s" (smtp-source reports no timing of its own).
 smtp_source() {
     local port=$1 messages=$2 extra=$3 size=${4:-10240} t0 t1
+    local times="$OUT/time.$BASHPID" # one per caller: perf-gate.sh runs two at once
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$messages" -l "$size" \
+    /usr/bin/time -f "%U %S" -o "$times" smtp-source -s 20 -m "$messages" -l "$size" \
         -f bench@stampede.test -t sink@example.test $extra "127.0.0.1:$port" >/dev/null
     t1=$(date +%s.%N)
-    echo "$t0 $t1 $(cat "$OUT/time")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
+    echo "$t0 $t1 $(cat "$times")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
 }
 
 # loadgen run; prints "msg/s cpu_s max_rss_MiB successful late" from its result file.
