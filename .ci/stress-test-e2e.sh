@@ -1,52 +1,67 @@
 #!/usr/bin/env bash
 # End-to-end check of the one-command stress test (called from .ci/run).
 #
-# Options: a bad --cooldown or --servers, before or after the verb, fails at once
-# with exit 2 naming the option, before any server starts.
-# Local backend: start 5 servers, test-quick, logs, `test-quick --servers 3 --local`
-# (options after the verb: the running servers are scaled to 3 and stay up), stop;
-# then a self-contained `--servers 3 test-quick`. Asserts the results (100 successful
-# messages spread over 5 resp. 3 servers), the log archive, and that no server
-# process is left.
-# Docker backend, where an engine answers: the compose file is read without a
-# warning; the compose test-quick; `start --servers 2`, the containers' CPU and
-# memory limits, `test-quick --servers 3` scaling them to 3; then asserts the results
-# and that no container or network of the project (nor an image it built) is left.
+# The README's command, verbatim: `./scripts/stress-test.sh test-quick` with the
+# automatic backend, default ports, project and state directory, run only when
+# 2525-2529 and 8081-8085 are free and no container of the compose project
+# `stampede` exists (otherwise a visible skip naming the reason): a person's stack
+# is never used, stopped or removed.
+# Options: a bad --cooldown, --servers or --messages, before or after the verb, fails
+# at once with exit 2 naming the option, before any server starts.
+# Local backend: start 5 servers, status, test-quick, logs, test-burst/-mixed
+# (--messages), test-sustained (--duration), run-custom, `test-quick --servers 3
+# --local` (options after the verb: the running servers are scaled to 3 and stay
+# up), stop; a self-contained `--servers 3 test-quick`; test-all --cooldown; Ctrl-C
+# (SIGINT to the script's process group) in the middle of a test; clean;
+# scripts/analyze-results.sh. Asserts the results, the log archive, and that no
+# server process is left.
+# Docker backend, where an engine answers, under its own compose project
+# (stampede-e2e: its own image, network, container names and ports): the compose
+# file is read without a warning; test-quick; `start --servers 2`, status, the
+# containers' CPU and memory limits, `test-quick --servers 3` scaling them to 3;
+# then asserts the results and that no container, network or image of the project
+# is left. Without an engine the Docker part is a skip naming the reason, and a
+# failure with STAMPEDE_REQUIRE_DOCKER=1.
 #
 # Needs only cargo (release binaries are built here) and python3 or jq for the JSON
-# checks. Takes about a minute once the release build is done.
+# checks. Takes two to three minutes once the release build is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 ST="$ROOT/scripts/stress-test.sh"
 
-# The local servers of this check use their own ports so that servers a developer
-# has running on 2525-2529 neither disturb the check nor get stopped by it.
+# The servers of this check use their own ports, compose project and state
+# directory, so that a stack a developer has running (local or Docker) neither
+# disturbs the check nor gets stopped by it.
 export STAMPEDE_SMTP_BASE_PORT="${STAMPEDE_SMTP_BASE_PORT:-22525}"
 export STAMPEDE_ADMIN_BASE_PORT="${STAMPEDE_ADMIN_BASE_PORT:-28081}"
+export STAMPEDE_PROJECT=stampede-e2e
 export STAMPEDE_COOLDOWN=0
-# Its own state directory, for the same reason.
 export STAMPEDE_STATE_DIR="$ROOT/results/.stampede-e2e"
 STARTED_DOCKER=0   # 1 while the Docker part runs
-IMAGE_EXISTED=0    # 1 when stampede:local was there before this check
+VERBATIM_DOCKER=0  # 1 while the README's command may hold containers of `stampede`
+DEFAULT_IMAGE_EXISTED=1  # 0 when stampede:local was absent before the README's command
 
-step() { printf '\n\033[1m--- e2e: %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m--- e2e (%d s): %s\033[0m\n' "$SECONDS" "$*"; }
 fail() { printf '\033[31mFAIL:\033[0m %s\n' "$*" >&2; exit 1; }
 pass() { printf '\033[32mPASS:\033[0m %s\n' "$*"; }
+skip() { printf '\033[33mSKIP:\033[0m %s\n' "$*"; }
 
 # Stop whatever this check started, whatever happens.
 cleanup() {
     local status=$?
     if ((status != 0)); then
         "$ST" --local stop >/dev/null 2>&1 || true
-        if ((STARTED_DOCKER == 1)); then
-            # Leave the engine as it was: an image this check built goes too.
-            if ((IMAGE_EXISTED == 1)); then
-                "$ST" --docker stop >/dev/null 2>&1 || true
-            else
-                "$ST" --docker clean >/dev/null 2>&1 || true
-            fi
-        fi
+        # Leave the engine as it was: the project's containers, network and image go.
+        ((STARTED_DOCKER == 0)) || "$ST" --docker clean >/dev/null 2>&1 || true
+    fi
+    if ((VERBATIM_DOCKER == 1)); then
+        # Only reached when no container of `stampede` existed before: all are ours.
+        docker ps -aq --filter label=com.docker.compose.project=stampede | xargs -r docker rm -f >/dev/null 2>&1 || true
+        docker network rm stampede_stampede >/dev/null 2>&1 || true
+    fi
+    if ((DEFAULT_IMAGE_EXISTED == 0)); then
+        docker image rm stampede:local >/dev/null 2>&1 || true
     fi
     exit "$status"
 }
@@ -146,11 +161,136 @@ check_refused() {
 # Pids of the local servers the pid file lists.
 recorded_pids() { awk '{print $2}' "$STAMPEDE_STATE_DIR/servers.pid"; }
 
+# Asserts that a Docker result ($1) carries memory samples of exactly the containers
+# <prefix>smtp-server-1..$2 ($3: the container prefix of the project, default none).
+check_resources() {
+    command -v python3 >/dev/null 2>&1 || return 0
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+want = ["%ssmtp-server-%d" % (sys.argv[3], n) for n in range(1, int(sys.argv[2]) + 1)]
+res = r.get("resources", {})
+if sorted(res) != want:
+    sys.exit("resources: %s, want %s" % (sorted(res), want))
+# Even a run shorter than the engine'"'"'s 1 s stats tick keeps one sample per server.
+bad = [k for k, v in res.items() if not v or not all(s["memory_bytes"] > 0 for s in v)]
+sys.exit("no memory sample for %s" % bad if bad else 0)
+' "$1" "$2" "${3:-}" || fail "the Docker result does not carry the $2 containers' resource samples"
+    pass "resources section holds samples of the $2 server containers"
+}
+
+# Asserts a result's test type ($2) and, when given, its size mix ($3).
+check_test_type() {
+    command -v python3 >/dev/null 2>&1 || return 0
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+name = r["run"]["name"]
+if name != sys.argv[2]:
+    sys.exit("test type %r, want %r" % (name, sys.argv[2]))
+' "$1" "$2" || fail "$1 is not a $2 result"
+}
+
+# Which of the README's default ports (2525-2529, 8081-8085) something listens on.
+default_ports_busy() {
+    local port busy=()
+    for port in 2525 2526 2527 2528 2529 8081 8082 8083 8084 8085; do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && busy+=("$port")
+    done
+    echo "${busy[*]}"
+}
+
+COMPOSE=()
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif docker-compose version >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+fi
+# Why the Docker part cannot run here; empty when it can.
+DOCKER_SKIP=""
+if ! command -v docker >/dev/null 2>&1; then
+    DOCKER_SKIP="docker is not installed"
+elif ! timeout 5 docker info >/dev/null 2>&1; then
+    DOCKER_SKIP="no Docker engine answers ('docker info' failed or took over 5 s)"
+elif ((${#COMPOSE[@]} == 0)); then
+    DOCKER_SKIP="neither 'docker compose' nor 'docker-compose' is installed"
+fi
+
 step "release build"
 cargo build --release -p server -p loadgen -p analyze -p units
 
 mkdir -p results
 marker="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e.XXXXXX")"
+
+step "the README's command, verbatim: ./scripts/stress-test.sh test-quick"
+default_busy="$(default_ports_busy)"
+if [[ -n "$default_busy" ]]; then
+    skip "the README's command: the default ports $default_busy are in use (a stack of yours?); it is left alone"
+elif [[ -z "$DOCKER_SKIP" && -n "$(docker ps -aq --filter label=com.docker.compose.project=stampede)" ]]; then
+    skip "the README's command: containers of the compose project 'stampede' exist (a stack of yours?); they are left alone"
+else
+    if [[ -z "$DOCKER_SKIP" ]]; then
+        docker image inspect stampede:local >/dev/null 2>&1 || DEFAULT_IMAGE_EXISTED=0
+        VERBATIM_DOCKER=1
+    fi
+    # None of this check's settings (nor the caller's): the README's defaults.
+    unset_env=()
+    for var in $(compgen -e | grep '^STAMPEDE_' || true); do unset_env+=(-u "$var"); done
+    touch "$marker"
+    env "${unset_env[@]}" ./scripts/stress-test.sh test-quick
+    check_result "$(result_since "$marker" quick)" 100 5
+    [[ -z "$(default_ports_busy)" ]] || fail "the README's test-quick left servers listening on $(default_ports_busy)"
+    if ((VERBATIM_DOCKER == 1)); then
+        [[ -z "$(docker ps -aq --filter label=com.docker.compose.project=stampede)" ]] ||
+            fail "the README's test-quick left containers of the project stampede"
+        ((DEFAULT_IMAGE_EXISTED == 1)) || docker image rm stampede:local >/dev/null
+        DEFAULT_IMAGE_EXISTED=1
+        VERBATIM_DOCKER=0
+    fi
+    pass "the README's test-quick ran with its defaults and left no server running"
+fi
+
+step "the stress settings: docker/stress-test.toml and docker/stress-test.env agree"
+python3 - docker/stress-test.toml docker/stress-test.env <<'EOF' || fail "docker/stress-test.toml and docker/stress-test.env differ (change both together)"
+import sys, tomllib
+toml = {}
+for section, keys in tomllib.load(open(sys.argv[1], "rb")).items():
+    for key, value in keys.items():
+        toml["SMTP_" + key.upper()] = str(value)
+env = {}
+for line in open(sys.argv[2]):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        key, _, value = line.partition("=")
+        env[key] = value
+problems = [f"{k}: toml {toml.get(k)!r}, env {env.get(k)!r}"
+            for k in sorted(set(toml) | set(env)) if toml.get(k) != env.get(k)]
+for p in problems:
+    print("  " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+pass "docker/stress-test.toml and docker/stress-test.env hold the same settings"
+
+step "the README's manual example: smtp-server --config docker/stress-test.toml takes a sustained run from one address"
+# 150 connections in 3 s from one address: more than the production defaults'
+# 100 a minute per IP, which would answer 421 to a third of them.
+server_log="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e-server.XXXXXX")"
+target/release/smtp-server --config docker/stress-test.toml --bind 127.0.0.1 --port 0 --admin-port 0 >"$server_log" 2>&1 &
+manual_server=$!
+for _ in $(seq 1 50); do
+    grep -q 'smtp_addr=' "$server_log" && break
+    sleep 0.1
+done
+manual_addr="$(grep -o 'smtp_addr=[0-9.:]*' "$server_log" | head -n 1 | cut -d= -f2)"
+[[ -n "$manual_addr" ]] || { kill "$manual_server"; fail "smtp-server --config docker/stress-test.toml did not start: $(cat "$server_log")"; }
+manual_result="results/e2e-manual-$$.json"
+target/release/loadgen --servers "$manual_addr" --mode sustained --duration 3s --rate 50 --size medium \
+    --test-type manual --quiet --output "$manual_result"
+kill -TERM "$manual_server"
+wait "$manual_server" || true
+rm -f "$server_log"
+check_result "$manual_result" 150 1
+rm -f "$manual_result"
 
 step "options: bad values are refused up front, before or after the verb"
 check_refused --cooldown --local --cooldown abc test-all
@@ -159,23 +299,57 @@ check_refused --cooldown test-quick --local --cooldown=1x
 check_refused --servers --local test-quick --servers 0
 check_refused --servers test-quick --local --servers=abc
 check_refused --servers test-quick --local --servers
+check_refused --messages --local test-burst --messages 0
+check_refused --duration --local test-sustained --duration=1x
 
-step "local: start, test-quick, logs, test-quick --servers 3 (scales), stop"
+step "messages: --local build, help and README on run-custom"
+build_out="$("$ST" --local build 2>&1)"
+{ grep -q -- '--local: skipping the image' <<<"$build_out" && ! grep -q 'no Docker engine answers' <<<"$build_out"; } ||
+    fail "--local build does not say that --local skips the image: $build_out"
+pass "--local build: $(grep -- '--local' <<<"$build_out")"
+help_run_custom="$("$ST" help | sed -n '/^  run-custom/,/^  help/p')"
+# shellcheck disable=SC2016 # the backquotes are README text
+readme_run_custom="$(grep '^| `run-custom ARGS`' README.md)"
+# The flags run_loadgen adds when they are not given.
+for flag in --servers --output --test-type --port --monitor-containers; do
+    grep -q -- "$flag" <<<"$help_run_custom" || fail "help does not say that run-custom adds $flag"
+    grep -q -- "$flag" <<<"$readme_run_custom" || fail "README does not say that run-custom adds $flag"
+done
+pass "help and README name the same flags that run-custom adds"
+
+step "local: start, status, the tests (shortened), run-custom, test-quick --servers 3 (scales), stop"
 "$ST" --local start
 pids="$(recorded_pids)"
 [[ "$(echo "$pids" | wc -w)" == 5 ]] || fail "start did not record 5 server processes"
+status_out="$("$ST" --local status)"
+echo "$status_out"
+[[ "$(grep -c ' up ' <<<"$status_out")" == 5 ]] || fail "status does not show the 5 servers up"
+pass "status shows 5 servers up"
 "$ST" --local test-quick
-check_result "$(result_since "$marker" quick)" 100 5
+quick5="$(result_since "$marker" quick)"
+check_result "$quick5" 100 5
 "$ST" --local logs
 # The archive of the `logs` verb is <stamp>-logs.tar.gz (a test's is <stamp>-<test>-logs).
 archive="$(find results -maxdepth 1 -name '*[0-9]-logs.tar.gz' -newer "$marker" | sort | tail -n 1)"
 [[ -n "$archive" ]] || fail "logs wrote no results/*-logs.tar.gz"
 [[ "$(tar -tzf "$archive" | grep -c 'server[0-9]*-logs/')" -ge 5 ]] || fail "$archive lacks server logs"
 pass "logs archive $archive"
+"$ST" --local test-burst --messages 200
+check_result "$(result_since "$marker" burst)" 200 5
+"$ST" --local test-mixed --messages 60
+check_result "$(result_since "$marker" mixed)" 60 5
+# 50 messages/s for 2 s: 100 messages on the timetable.
+"$ST" --local test-sustained --duration 2s
+check_result "$(result_since "$marker" sustained)" 100 5
+"$ST" --local run-custom --mode burst --messages 50 --workers 5 --size small
+custom="$(result_since "$marker" custom)"
+check_result "$custom" 50 5
+check_test_type "$custom" custom
 # Options after the verb: the five running servers are scaled to the three asked for.
 touch "$marker"
 "$ST" test-quick --servers 3 --local
-check_result "$(result_since "$marker" quick)" 100 3 \
+quick3="$(result_since "$marker" quick)"
+check_result "$quick3" 100 3 \
     "127.0.0.1:$STAMPEDE_SMTP_BASE_PORT,127.0.0.1:$((STAMPEDE_SMTP_BASE_PORT + 1)),127.0.0.1:$((STAMPEDE_SMTP_BASE_PORT + 2))"
 kept="$(recorded_pids)"
 [[ "$(echo "$kept" | wc -w)" == 3 ]] || fail "after --servers 3 the pid file lists $(echo "$kept" | wc -w) servers, want 3"
@@ -186,41 +360,99 @@ done
 pass "the running servers were scaled to 3 and stay up"
 "$ST" --local stop
 check_no_process "$pids"
+touch "$marker"
+logs_out="$("$ST" --local logs 2>&1)"
+{ grep -q 'no local server is running' <<<"$logs_out" && ! grep -q 'ok logs' <<<"$logs_out"; } ||
+    fail "--local logs with nothing running does not say so: $logs_out"
+[[ -z "$(find results -maxdepth 1 -name '*-logs.tar.gz' -newer "$marker" -print -quit)" ]] ||
+    fail "--local logs with nothing running archived stale logs"
+pass "--local logs with nothing running says so and archives nothing"
 
 step "local: --servers 3 test-quick (starts and stops its own servers)"
 touch "$marker"
 "$ST" --local --servers 3 test-quick
-check_result "$(result_since "$marker" quick)" 100 3
+quick3b="$(result_since "$marker" quick)"
+check_result "$quick3b" 100 3
 [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-quick left its servers running"
 pass "test-quick stopped the servers it started"
 
-# Asserts that a Docker result ($1) carries memory samples of exactly the containers
-# smtp-server-1..$2.
-check_resources() {
-    command -v python3 >/dev/null 2>&1 || return 0
-    python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
-want = ["smtp-server-%d" % n for n in range(1, int(sys.argv[2]) + 1)]
-res = r.get("resources", {})
-if sorted(res) != want:
-    sys.exit("resources: %s, want %s" % (sorted(res), want))
-# Even a run shorter than the engine'"'"'s 1 s stats tick keeps one sample per server.
-bad = [k for k, v in res.items() if not v or not all(s["memory_bytes"] > 0 for s in v)]
-sys.exit("no memory sample for %s" % bad if bad else 0)
-' "$1" "$2" || fail "the Docker result does not carry the $2 containers' resource samples"
-    pass "resources section holds samples of the $2 server containers"
-}
+step "local: test-all --cooldown 2s (shortened), ending with one table of the five"
+touch "$marker"
+all_out="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e-all.XXXXXX")"
+started=$SECONDS
+"$ST" --local --servers 2 test-all --cooldown 2s --messages 50 --duration 1s | tee "$all_out"
+elapsed=$((SECONDS - started))
+[[ "$(grep -c 'cooldown 2 s' "$all_out")" == 4 ]] || fail "test-all did not pause 2 s four times (--cooldown 2s)"
+((elapsed >= 8)) || fail "test-all took $elapsed s, less than its four 2 s cooldowns"
+closing_table="$(sed -n '/test-all: 5 tests done/,$p' "$all_out")"
+for test in quick burst sustained heavy mixed; do
+    file="$(result_since "$marker" "$test")"
+    check_result "$file" 50 2
+    grep -q "│ $(basename "$file" .json) " <<<"$closing_table" || fail "test-all's closing table has no row for $file"
+done
+[[ "$(grep -c '^│ [0-9]' <<<"$closing_table")" == 5 ]] || fail "test-all's closing table does not hold exactly the five results: $closing_table"
+pass "test-all paused 2 s between its tests (${elapsed} s in all) and ended with one table of its five results"
+rm -f "$all_out"
 
-# Containers of the compose project, running or not.
-project_containers() { docker ps -aq --filter label=com.docker.compose.project=stampede; }
+step "local: Ctrl-C (SIGINT to the script's process group) stops the servers the test started"
+ctrlc_out="$(mktemp "${TMPDIR:-/tmp}/stampede-e2e-ctrlc.XXXXXX")"
+# Job control gives the script its own process group, as a terminal would, and keeps
+# SIGINT from being ignored in a background job.
+set -m
+"$ST" --local test-sustained --duration 60s >"$ctrlc_out" 2>&1 &
+group=$!
+set +m
+for _ in $(seq 1 300); do
+    grep -q '==> loadgen' "$ctrlc_out" && break
+    sleep 0.2
+done
+grep -q '==> loadgen' "$ctrlc_out" || { cat "$ctrlc_out"; fail "test-sustained did not reach loadgen within 60 s"; }
+sleep 1
+ctrlc_pids="$(recorded_pids)"
+kill -INT -- "-$group"
+status=0
+wait "$group" || status=$?
+cat "$ctrlc_out"
+((status == 130)) || fail "the interrupted test exited $status, want 130"
+check_no_process "$ctrlc_pids"
+grep -q 'servers stopped' "$ctrlc_out" || fail "the interrupted test did not say that it stopped the servers"
+rm -f "$ctrlc_out"
 
-COMPOSE=()
-if docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
-elif docker-compose version >/dev/null 2>&1; then
-    COMPOSE=(docker-compose)
-fi
+step "scripts/analyze-results.sh: list, summary, analyze, chart, compare (both forms)"
+AR=scripts/analyze-results.sh
+"$AR" list | grep -q "$(basename "$quick5")" || fail "analyze-results.sh list does not list $quick5"
+"$AR" summary | grep -q "$(basename "$quick5" .json)" || fail "analyze-results.sh summary has no row for $quick5"
+"$AR" analyze "$quick5" | grep -q 'messages' || fail "analyze-results.sh analyze shows no figures"
+charts="$(mktemp -d "${TMPDIR:-/tmp}/stampede-e2e-charts.XXXXXX")"
+"$AR" chart "$quick5" "$charts" >/dev/null
+[[ -n "$(find "$charts" -name '*.png' -print -quit)" ]] || fail "analyze-results.sh chart wrote no PNG into $charts"
+rm -rf "$charts"
+# compare exits 1 on a regression, which two runs on a shared machine may show;
+# 2 (a usage error) is what must not happen.
+for form in "$quick5 $quick3" "--base $quick5 $quick3b --new $quick3"; do
+    status=0
+    # shellcheck disable=SC2086
+    out="$("$AR" compare $form --format markdown 2>&1)" || status=$?
+    ((status == 0 || status == 1)) || fail "analyze-results.sh compare $form exited $status: $out"
+    grep -q '^|' <<<"$out" || fail "analyze-results.sh compare $form printed no table: $out"
+    pass "analyze-results.sh compare $form -> exit $status with a table"
+done
+status=0
+out="$("$AR" compare results/no-such-file.json "$quick5" 2>&1)" || status=$?
+{ ((status == 2)) && grep -q 'no-such-file.json' <<<"$out"; } ||
+    fail "analyze-results.sh compare with a missing file exited $status: $out"
+pass "analyze-results.sh compare names a missing file (exit 2)"
+
+step "local: clean removes the state directory"
+mkdir -p "$STAMPEDE_STATE_DIR"
+"$ST" --local clean
+[[ ! -e "$STAMPEDE_STATE_DIR" ]] || fail "clean left $STAMPEDE_STATE_DIR"
+pass "clean removed $STAMPEDE_STATE_DIR"
+
+# Containers of this check's compose project, running or not.
+project_containers() { docker ps -aq --filter "label=com.docker.compose.project=$STAMPEDE_PROJECT"; }
+PREFIX="$STAMPEDE_PROJECT-"
+
 step "compose: no obsolete version key, the installed compose reads the file silently"
 # Compose v2 warns about a top-level `version:`; where only docker-compose 1.x is
 # installed (it stays silent), this line keeps the key out.
@@ -234,47 +466,77 @@ if ((${#COMPOSE[@]} > 0)); then
     pass "${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null)) accepts docker-compose.stress-test.yml silently"
 fi
 
-if ((${#COMPOSE[@]} > 0)) && timeout 5 docker info >/dev/null 2>&1; then
-    # The check removes the image at the end only when it built it.
-    docker image inspect stampede:local >/dev/null 2>&1 && IMAGE_EXISTED=1
+if [[ -z "$DOCKER_SKIP" ]]; then
+    [[ -z "$(project_containers)" ]] || fail "containers of the project $STAMPEDE_PROJECT exist before the check: $(project_containers)"
     STARTED_DOCKER=1
 
-    step "docker: test-quick (compose), then stop"
+    step "docker ($STAMPEDE_PROJECT): test-quick (compose), then stop"
     touch "$marker"
     "$ST" --docker test-quick
     file="$(result_since "$marker" quick)"
     check_result "$file" 100 5
-    check_resources "$file" 5
+    check_resources "$file" 5 "$PREFIX"
+    python3 -c '
+import json, sys
+run = json.load(open(sys.argv[1]))["run"]
+want = {"git_sha": sys.argv[2], "hostname": sys.argv[3], "cpus": int(sys.argv[4])}
+got = {"git_sha": run["git_sha"], "hostname": run["host"]["hostname"], "cpus": run["host"]["cpus"]}
+sys.exit(0 if got == want else "run provenance %s, want %s" % (got, want))
+' "$file" "$(git rev-parse HEAD)" "$(uname -n)" "$(getconf _NPROCESSORS_ONLN)" ||
+        fail "the Docker result does not carry the host's git revision, name and CPU count"
+    pass "the Docker result carries the host's git revision, name and CPU count"
     [[ -z "$(project_containers)" ]] || fail "test-quick left containers: $(project_containers)"
 
-    step "docker: start --servers 2, limits, test-quick --servers 3 (scales), stop"
+    step "docker ($STAMPEDE_PROJECT): start --servers 2, status, limits, test-quick --servers 3 (scales), stop"
     "$ST" --docker start --servers 2
-    for name in smtp-server-1 smtp-server-2; do
+    status_out="$("$ST" status)"
+    echo "$status_out"
+    for name in "${PREFIX}smtp-server-1" "${PREFIX}smtp-server-2"; do
+        grep -q "^$name " <<<"$status_out" || fail "status does not show $name"
         limits="$(docker inspect -f '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}' "$name")"
         [[ "$limits" == "1000000000 536870912" ]] ||
             fail "$name runs with NanoCpus/Memory $limits, want 1 CPU and 512 MiB from the compose file"
     done
-    pass "the server containers run with the compose file's 1 CPU and 512 MiB"
+    pass "status shows both containers; they run with the compose file's 1 CPU and 512 MiB"
     touch "$marker"
     "$ST" test-quick --servers 3
     file="$(result_since "$marker" quick)"
     check_result "$file" 100 3 smtp-server-1,smtp-server-2,smtp-server-3
-    check_resources "$file" 3
-    running_now="$(docker ps -q --filter label=com.docker.compose.project=stampede | wc -l)"
+    check_resources "$file" 3 "$PREFIX"
+    running_now="$(docker ps -q --filter "label=com.docker.compose.project=$STAMPEDE_PROJECT" | wc -l)"
     [[ "$running_now" == 3 ]] || fail "$running_now containers run after scaling to 3, want 3"
     pass "the running containers were scaled to 3 and stay up"
     "$ST" --docker stop
     [[ -z "$(project_containers)" ]] || fail "containers left after stop: $(project_containers)"
-    ! docker network inspect stampede_stampede >/dev/null 2>&1 || fail "network stampede_stampede left after stop"
+    ! docker network inspect "${STAMPEDE_PROJECT}_stampede" >/dev/null 2>&1 ||
+        fail "network ${STAMPEDE_PROJECT}_stampede left after stop"
     pass "no container or network of the project left"
-    if ((IMAGE_EXISTED == 0)); then
-        "$ST" --docker clean >/dev/null
-        ! docker image inspect stampede:local >/dev/null 2>&1 || fail "the image stampede:local is left after clean"
-        pass "the image this check built is removed"
+    step "docker ($STAMPEDE_PROJECT): a start that is not healthy in time names the saved logs"
+    # The health check first runs 2 s after a container starts: 1 s is too short.
+    touch "$marker"
+    status=0
+    health_err="$(STAMPEDE_HEALTH_TIMEOUT=1s "$ST" --docker --servers 1 start 2>&1 >/dev/null)" || status=$?
+    echo "$health_err"
+    if ((status == 0)); then
+        "$ST" --docker stop >/dev/null
+        skip "the container was healthy within 1 s; the failure message was not exercised"
+    else
+        saved="$(grep -o 'results/[0-9-]*-failed-logs.tar.gz' <<<"$health_err" | head -n 1)"
+        [[ -n "$saved" && -f "$saved" ]] || fail "the failed start does not name a saved log archive"
+        tar -tzf "$saved" | grep -q 'server1-logs/smtp-server-1.log' || fail "$saved lacks the server's log"
+        grep -q "last lines of the log of ${PREFIX}smtp-server-1" <<<"$health_err" || fail "the failed start printed no log lines"
+        ! grep -q "stress-test.sh logs" <<<"$health_err" || fail "the failed start points at 'logs' after removing the containers"
+        [[ -z "$(project_containers)" ]] || fail "the failed start left containers: $(project_containers)"
+        pass "the failed start printed the last log lines, saved $saved and removed its container"
     fi
+    "$ST" --docker clean >/dev/null
+    ! docker image inspect "$STAMPEDE_PROJECT:local" >/dev/null 2>&1 || fail "the image $STAMPEDE_PROJECT:local is left after clean"
+    pass "clean removed the project's image"
     STARTED_DOCKER=0
+elif [[ "${STAMPEDE_REQUIRE_DOCKER:-0}" == 1 ]]; then
+    fail "the Docker part cannot run: $DOCKER_SKIP (STAMPEDE_REQUIRE_DOCKER=1)"
 else
-    step "docker: skipped (no Docker engine or compose answers)"
+    skip "the Docker part: $DOCKER_SKIP (STAMPEDE_REQUIRE_DOCKER=1 makes this a failure)"
 fi
 
 rm -f "$marker"

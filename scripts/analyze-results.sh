@@ -7,6 +7,8 @@
 #   scripts/analyze-results.sh summary                one row per result
 #   scripts/analyze-results.sh compare BASE NEW [--threshold 5%] [--format markdown]
 #                                                     deltas; exit 1 on a regression
+#   scripts/analyze-results.sh compare --base A.json B.json --new C.json D.json
+#                                                     repeated runs: medians compared
 #   scripts/analyze-results.sh chart FILE [DIR]       PNG/SVG charts (default FILE-charts/)
 #
 # Extra arguments are passed to analyze unchanged. Runs from any directory; results
@@ -19,7 +21,7 @@ ANALYZE="${CARGO_TARGET_DIR:-$ROOT/target}/release/analyze"
 
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 if [[ ! -x "$ANALYZE" ]]; then
     command -v cargo >/dev/null 2>&1 || die "$ANALYZE is missing and cargo is not installed"
@@ -39,9 +41,13 @@ case "$verb" in
         ;;
     summary) exec "$ANALYZE" summary "$@" ;;
     compare)
-        (($# >= 2)) || die "usage: $0 compare BASE NEW [--threshold 5%] [--format table|markdown|json]"
-        [[ -f "$1" ]] || die "no such result file: $1"
-        [[ -f "$2" ]] || die "no such result file: $2"
+        # Two forms: BASE NEW, or --base FILE... --new FILE... (repeats, medians
+        # compared); analyze itself checks the second form's files and names them.
+        if [[ "${1:-}" != -* ]]; then
+            (($# >= 2)) || die "usage: $0 compare BASE NEW [--threshold 5%] [--format table|markdown|json], or compare --base FILE... --new FILE..."
+            [[ -f "$1" ]] || die "no such result file: $1"
+            [[ -f "$2" ]] || die "no such result file: $2"
+        fi
         exec "$ANALYZE" compare "$@"
         ;;
     chart)

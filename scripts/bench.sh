@@ -8,12 +8,16 @@
 #   scripts/bench.sh idle        smtp-server RSS with 1,000 idle connections open
 #   scripts/bench.sh loadgen     loadgen vs smtp-source against smtp-sink (20 sessions,
 #                                10 KiB, 1 and 100 messages per connection): msg/s, CPU
+#   scripts/bench.sh generator   loadgen's default runtime vs --threads 1 vs smtp-source against
+#                                smtp-sink (20 sessions, 1 and 10 KiB, one message per connection,
+#                                whole-process msg/s, interleaved: median and range); then
+#                                --threads 1 vs 2 against smtp-server pinned to the last core
 #   scripts/bench.sh rates       sustained mode: achieved vs target at 50, 500, 5000/s
 #   scripts/bench.sh memory      loadgen RSS after 10k, 100k and 1,000,000 small messages
 #   scripts/bench.sh all         all of the above
 #
-# Needs release binaries (built here if missing), python3, and for `server` and
-# `loadgen` Postfix's smtp-source and smtp-sink (Debian: apt-get install postfix).
+# Needs release binaries (built here if missing), python3, and for `server`, `loadgen`
+# and `generator` Postfix's smtp-source and smtp-sink (Debian: apt-get install postfix).
 # Traffic goes to 127.0.0.1 only; every server started here is stopped by its PID.
 #
 # Sourced (scripts/perf-gate.sh does), it defines its helpers and runs nothing.
@@ -201,6 +205,70 @@ bench_loadgen() {
     stop "$pid"
 }
 
+# Messages per second of one whole process (start to exit, as smtp-source is timed):
+# `rate N command...`.
+rate() {
+    local n=$1 t0 t1
+    shift
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>&1
+    t1=$(date +%s.%N)
+    echo "$n $t0 $t1" | awk '{ printf "%.0f\n", $1 / ($3 - $2) }'
+}
+
+# "median (min–max)" of the numbers on stdin.
+median_range() {
+    sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+        printf "%8.0f (%s–%s)", m, v[1], v[NR] }'
+}
+
+bench_generator() {
+    need smtp-source "apt-get install postfix"
+    need smtp-sink "apt-get install postfix"
+    local n=10000 port pid size v cores last
+    echo "== generator: whole-process msg/s against smtp-sink, 20 sessions, 1 message per connection," \
+        "$n messages (repeats: $REPEATS, interleaved)"
+    port=$(free_port)
+    pid=$(start_smtp_sink "$port"); PIDS+=("$pid")
+    wait_port "$port"
+    local lg=("$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$OUT/gen.json"
+        --messages "$n" --workers 20 --msgs-per-conn 1)
+    for size in 1024 10240; do
+        rm -f "$OUT"/gen-*.txt
+        for _ in $(seq 1 "$REPEATS"); do
+            rate "$n" "${lg[@]}" --size "$size" >>"$OUT/gen-default.txt"
+            rate "$n" "${lg[@]}" --size "$size" --threads 1 >>"$OUT/gen-threads1.txt"
+            rate "$n" smtp-source -s 20 -m "$n" -l "$size" -f bench@stampede.test -t sink@example.test \
+                "127.0.0.1:$port" >>"$OUT/gen-smtp-source.txt"
+        done
+        for v in default threads1 smtp-source; do
+            printf '%6s B  %-12s %s\n' "$size" "$v" "$(median_range <"$OUT/gen-$v.txt")"
+        done
+    done
+    stop "$pid"
+
+    # Scaling: the server has a core of its own; more generator threads must not be slower.
+    cores=$(nproc)
+    last=$((cores - 1))
+    ((cores >= 2)) || { echo "(scaling check needs 2 cores)"; return; }
+    echo "== generator scaling: smtp-server pinned to core $last (taskset), 10 KiB, $n messages"
+    port=$(free_port)
+    pid=$(start_smtp_server "$port"); PIDS+=("$pid")
+    wait_port "$port"
+    taskset -a -p -c "$last" "$pid" >/dev/null
+    lg=("$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$OUT/gen.json"
+        --messages "$n" --workers 20 --msgs-per-conn 1 --size 10240)
+    rm -f "$OUT"/gen-*.txt
+    for _ in $(seq 1 "$REPEATS"); do
+        rate "$n" "${lg[@]}" --threads 1 >>"$OUT/gen-threads1.txt"
+        rate "$n" "${lg[@]}" --threads 2 >>"$OUT/gen-threads2.txt"
+    done
+    for v in threads1 threads2; do
+        printf '%-12s %s\n' "$v" "$(median_range <"$OUT/gen-$v.txt")"
+    done
+    stop "$pid"
+}
+
 bench_rates() {
     local port pid rate dur per r
     echo "== sustained: achieved vs target against smtp-server (1 KiB)"
@@ -238,8 +306,9 @@ case "${1:-}" in
     server) bench_server ;;
     idle) bench_idle ;;
     loadgen) bench_loadgen ;;
+    generator) bench_generator ;;
     rates) bench_rates ;;
     memory) bench_memory ;;
-    all) bench_server; bench_idle; bench_loadgen; bench_rates; bench_memory ;;
-    *) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory ;;
+    *) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

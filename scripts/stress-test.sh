@@ -19,10 +19,19 @@ PID_FILE="$STATE_DIR/servers.pid"
 BACKEND_FILE="$STATE_DIR/backend"
 RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 COMPOSE_FILE="$ROOT/docker-compose.stress-test.yml"
-COMPOSE_PROJECT="stampede"
-IMAGE="stampede:local"
+# The compose project: its name also names the image, the network and (for any name
+# but the default) the containers, so a second stack (CI's, say) under another name
+# never collides with, or tears down, the one a person has running.
+COMPOSE_PROJECT="${STAMPEDE_PROJECT:-stampede}"
+IMAGE="$COMPOSE_PROJECT:local"
+# Containers are smtp-server-N in the default project, <project>-smtp-server-N otherwise.
+CONTAINER_PREFIX=""
+[[ "$COMPOSE_PROJECT" == stampede ]] || CONTAINER_PREFIX="$COMPOSE_PROJECT-"
 DOCKER_CONTEXT="$ROOT/docker/bin"           # git-ignored build context
-ENV_FILE="$ROOT/docker/stress-test.env"
+# The stress settings: the local servers read the TOML file, the containers the env
+# file with the same settings (compose's env_file); .ci/stress-test-e2e.sh checks
+# that the two agree.
+SERVER_CONFIG="$ROOT/docker/stress-test.toml"
 
 MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
@@ -43,6 +52,8 @@ COOLDOWN_ARG=""                             # --cooldown as given, checked by ch
 BACKEND=""                                  # docker | local; chosen on first use
 BACKEND_FORCED=""
 CLEAN_RESULTS=0
+MESSAGES_ARG=""                             # --messages: overrides a burst test's count
+DURATION_ARG=""                             # --duration: overrides test-sustained's 60s
 
 # Set while a verb has started servers it must stop again on failure or exit.
 OWNED_SERVERS=0
@@ -94,8 +105,10 @@ Verbs:
   test-mixed       2600 messages in one burst run, 50 workers, sizes drawn with
                    the weights 1000 small : 1000 medium : 500 large : 100 xlarge
   test-all         every test above, with a cooldown between them
-  run-custom ARGS  run loadgen with ARGS passed through; --servers, --port, --output
-                   (and --monitor-containers under Docker) are added when not given
+  run-custom ARGS  run loadgen with ARGS passed through; added when not given:
+                   --servers (the running servers), --output
+                   results/<stamp>-custom.json, --test-type custom, and under
+                   Docker --port 2525 and --monitor-containers (the containers)
   help             this text
 
 Options (before or after the verb; after run-custom everything goes to loadgen):
@@ -105,6 +118,9 @@ Options (before or after the verb; after run-custom everything goes to loadgen):
   --docker         run the servers with Docker Compose
   --cooldown D     pause between the tests of test-all (default 10s): 30s, 2m,
                    1h30m, 150ms or plain seconds
+  --messages N     the message count of the burst tests (quick, burst, heavy, mixed;
+                   mixed keeps its size weights), e.g. for a short trial run
+  --duration D     the length of test-sustained (default 60s), same grammar
   --results        with clean: also delete everything in results/
 
 Every option is checked before anything starts; a bad one exits 2 and names it.
@@ -116,11 +132,13 @@ given --servers N with another count, it first scales them to N (stops the extra
 ones or starts the missing ones), and they stay running at N. A test with no servers
 running starts them and stops them when it ends.
 
-Environment: STAMPEDE_SMTP_BASE_PORT (2525), STAMPEDE_ADMIN_BASE_PORT (8081; local
-backend), STAMPEDE_HEALTH_TIMEOUT (60s), STAMPEDE_COOLDOWN (10s),
-STAMPEDE_DOCKER_TIMEOUT (5s to decide whether Docker answers), STAMPEDE_STATE_DIR
-(results/.stampede: pid file and backend marker). Durations take the same grammar
-as --cooldown.
+Environment: STAMPEDE_SMTP_BASE_PORT (2525) and STAMPEDE_ADMIN_BASE_PORT (8081):
+the first server's ports on 127.0.0.1, both backends; STAMPEDE_PROJECT (stampede):
+the compose project, which also names the image (<project>:local), the network and,
+for another name, the containers (<project>-smtp-server-N); STAMPEDE_HEALTH_TIMEOUT
+(60s), STAMPEDE_COOLDOWN (10s), STAMPEDE_DOCKER_TIMEOUT (5s to decide whether Docker
+answers), STAMPEDE_STATE_DIR (results/.stampede: pid file and backend marker).
+Durations take the same grammar as --cooldown.
 EOF
 }
 
@@ -258,7 +276,9 @@ ensure_image() {
 
 cmd_build() {
     cargo_build
-    if [[ "$BACKEND_FORCED" != local ]] && docker_answers; then
+    if [[ "$BACKEND_FORCED" == local ]]; then
+        info "--local: skipping the image (the local backend needs none)"
+    elif docker_answers; then
         build_image
     else
         info "no Docker engine answers: skipping the image (the local backend needs none)"
@@ -286,6 +306,14 @@ is_our_server() {
 }
 
 any_pid_alive() { local_alive_above 0; }
+
+# True when $1 runs: alive and not a zombie (a dead child stays one until reaped,
+# and kill -0 still succeeds on it).
+process_running() {
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
 
 # True when one of our servers numbered above $1 is alive.
 local_alive_above() {
@@ -319,15 +347,9 @@ local_start() {
         admin="$(local_admin_port "$n")"
         logdir="$RESULTS_DIR/server$n-logs"
         mkdir -p "$logdir"
-        # The stress settings come from docker/stress-test.env, as in the compose file.
-        (
-            set -a
-            # shellcheck source=docker/stress-test.env
-            . "$ENV_FILE"
-            set +a
-            exec "$RELEASE_DIR/smtp-server" --bind 127.0.0.1 --port "$port" \
-                --admin-port "$admin" --domain "smtp-server-$n"
-        ) >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
+        # The stress settings (see SERVER_CONFIG); the flags set what differs per server.
+        "$RELEASE_DIR/smtp-server" --config "$SERVER_CONFIG" --bind 127.0.0.1 --port "$port" \
+            --admin-port "$admin" --domain "smtp-server-$n" >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
         pid=$!
         echo "$n $pid $port $admin" >>"$PID_FILE"
     done
@@ -339,6 +361,12 @@ local_wait_healthy() {
     while :; do
         pending=0
         while read -r n pid port admin; do
+            # Just spawned: until its subshell has read the settings and exec'd the
+            # server, the process runs but is not smtp-server yet.
+            if process_running "$pid" && ! is_our_server "$pid" "$port"; then
+                pending=$((pending + 1))
+                continue
+            fi
             if ! is_our_server "$pid" "$port"; then
                 echo "--- last lines of results/server$n-logs/smtp-server-$n.log:" >&2
                 tail -n 20 "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" >&2 || true
@@ -446,6 +474,25 @@ docker_services() {
 
 docker_servers_list() { docker_services | paste -sd, -; }
 
+# The container of service N (see CONTAINER_PREFIX).
+container_of() { echo "${CONTAINER_PREFIX}smtp-server-$1"; }
+
+docker_containers_list() {
+    local n out=()
+    for ((n = 1; n <= SERVERS; n++)); do out+=("$(container_of "$n")"); done
+    (IFS=,; echo "${out[*]}")
+}
+
+# What the compose file reads from the environment: the image, the container names
+# and the published ports of this project.
+export_compose_env() {
+    local n
+    export STAMPEDE_IMAGE="$IMAGE" STAMPEDE_CONTAINER_PREFIX="$CONTAINER_PREFIX"
+    for ((n = 1; n <= MAX_DOCKER_SERVERS; n++)); do
+        export "STAMPEDE_SMTP_PORT_$n=$(local_smtp_port "$n")" "STAMPEDE_ADMIN_PORT_$n=$(local_admin_port "$n")"
+    done
+}
+
 # Brings up the services 1..N and removes those above N. $1: "scale" when the
 # servers were already running (they are not this run's to stop on failure).
 docker_start() {
@@ -453,14 +500,16 @@ docker_start() {
     ensure_binaries
     ensure_image
     for ((n = 1; n <= SERVERS; n++)); do
-        name="smtp-server-$n"
+        name="$(container_of "$n")"
         if docker inspect "$name" >/dev/null 2>&1 &&
             [[ "$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "$name")" != "$COMPOSE_PROJECT" ]]; then
-            die "a container named $name exists and is not part of this project; remove or rename it"
+            die "a container named $name exists and is not part of the compose project $COMPOSE_PROJECT; remove or rename it, or set STAMPEDE_PROJECT"
         fi
-        port=$((2524 + n))
-        if port_in_use "$port" && ! docker ps -q --filter "name=^$name\$" | grep -q .; then
-            die "port 127.0.0.1:$port is in use (local servers running? try 'scripts/stress-test.sh --local stop')"
+        if ! docker ps -q --filter "name=^$name\$" | grep -q .; then
+            for port in "$(local_smtp_port "$n")" "$(local_admin_port "$n")"; do
+                port_in_use "$port" &&
+                    die "port 127.0.0.1:$port is in use (local servers or another stack running? try 'scripts/stress-test.sh stop'); set STAMPEDE_SMTP_BASE_PORT / STAMPEDE_ADMIN_BASE_PORT to use other ports"
+            done
         fi
     done
     mkdir -p "$STATE_DIR" "$RESULTS_DIR"
@@ -483,7 +532,7 @@ docker_wait_healthy() {
     local deadline=$((SECONDS + HEALTH_TIMEOUT_S)) name state pending
     while :; do
         pending=0
-        for name in $(docker_services); do
+        for name in $(docker_containers_list | tr , ' '); do
             state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$name" 2>/dev/null || echo missing)"
             case "$state" in
                 "running healthy") ;;
@@ -495,10 +544,20 @@ docker_wait_healthy() {
             esac
         done
         ((pending == 0)) && break
-        ((SECONDS < deadline)) || die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (see 'scripts/stress-test.sh logs')"
+        if ((SECONDS >= deadline)); then
+            for name in $(docker_containers_list | tr , ' '); do
+                echo "--- last lines of the log of $name:" >&2
+                docker logs --tail 20 "$name" >&2 2>&1 || true
+            done
+            if ((OWNED_SERVERS == 1)); then
+                # on_exit saves the logs before it removes the containers.
+                die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (STAMPEDE_HEALTH_TIMEOUT); their last log lines are above"
+            fi
+            die "$pending container(s) not healthy after ${HEALTH_TIMEOUT_S} s (STAMPEDE_HEALTH_TIMEOUT); their last log lines are above, 'scripts/stress-test.sh logs' saves them all"
+        fi
         sleep 0.5
     done
-    ok "$SERVERS container(s) healthy (published on 127.0.0.1:2525-$((2524 + SERVERS)))"
+    ok "$SERVERS container(s) healthy (published on 127.0.0.1:$(local_smtp_port 1)-$(local_smtp_port "$SERVERS"))"
 }
 
 docker_stop() {
@@ -597,27 +656,30 @@ cmd_logs() {
     case "$BACKEND" in
         docker)
             for ((n = 1; n <= MAX_DOCKER_SERVERS; n++)); do
-                docker inspect "smtp-server-$n" >/dev/null 2>&1 || continue
+                docker inspect "$(container_of "$n")" >/dev/null 2>&1 || continue
                 mkdir -p "$RESULTS_DIR/server$n-logs"
-                docker logs "smtp-server-$n" >"$RESULTS_DIR/server$n-logs/smtp-server-$n.log" 2>&1
+                docker logs "$(container_of "$n")" >"$RESULTS_DIR/server$n-logs/smtp-server-$n.log" 2>&1
                 files+=("server$n-logs/smtp-server-$n.log")
             done
             ;;
         local)
-            # Local servers write their logs there themselves.
-            for ((n = 1; n <= SERVERS; n++)); do
+            # Local servers write their logs there themselves; only the running
+            # ones' are this session's (the others are left from an earlier run).
+            local pid port
+            while read -r n pid port _; do
+                is_our_server "$pid" "$port" || continue
                 [[ -f "$RESULTS_DIR/server$n-logs/smtp-server-$n.log" ]] || continue
                 files+=("server$n-logs/smtp-server-$n.log")
-            done
+            done < <(cat "$PID_FILE" 2>/dev/null)
             ;;
     esac
     if ((${#files[@]} == 0)); then
-        warn "no server logs found (start the servers or run a test first)"
+        warn "no $BACKEND server is running, so there are no logs to save (the files in results/server<N>-logs/ are from an earlier run; each test archives its own logs)"
         return 0
     fi
     archive="$RESULTS_DIR/$name-logs.tar.gz"
     tar -czf "$archive" -C "$RESULTS_DIR" "${files[@]}"
-    ok "logs of ${#files[@]} server(s): results/server<N>-logs/, archive ${archive#"$ROOT"/}"
+    ok "logs of ${#files[@]} running server(s): results/server<N>-logs/, archive ${archive#"$ROOT"/}"
 }
 
 # Runs loadgen against the current servers. $1: test name; the rest: loadgen flags.
@@ -664,11 +726,15 @@ run_loadgen() {
             ;;
         docker)
             ((have_servers == 1)) || args+=(--servers "$(docker_servers_list)" --port 2525)
-            ((have_monitor == 1)) || args+=(--monitor-containers "$(docker_servers_list)")
+            ((have_monitor == 1)) || args+=(--monitor-containers "$(docker_containers_list)")
             local run_opts=(--rm)
             [[ -t 0 && -t 1 ]] || run_opts+=(-T)
             info "docker-compose run load-generator ${args[*]}"
-            STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
+            # The generator in its container would record the container's id as the
+            # host and no git revision: pass the host's.
+            STAMPEDE_GIT_SHA="${STAMPEDE_GIT_SHA:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)}" \
+                STAMPEDE_HOST_NAME="$(uname -n)" STAMPEDE_HOST_CPUS="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)" \
+                STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
                 STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
                 compose run "${run_opts[@]}" load-generator "${args[@]}"
             ;;
@@ -741,9 +807,13 @@ on_exit() {
     local status=$?
     if ((OWNED_SERVERS == 1)); then
         ((status == 0)) || warn "stopping the servers this run started"
-        # Keep the logs of a failed run before the containers go.
+        # Keep the logs of a failed run before the containers go, and say where.
         if ((status != 0)) && [[ "$BACKEND" == docker ]]; then
-            cmd_logs "$(stamp)-failed" >/dev/null 2>&1 || true
+            local saved
+            saved="$(stamp)-failed"
+            cmd_logs "$saved" >/dev/null 2>&1 || true
+            [[ ! -f "$RESULTS_DIR/$saved-logs.tar.gz" ]] ||
+                echo "the servers' logs are saved in results/$saved-logs.tar.gz (and results/server<N>-logs/)" >&2
         fi
         OWNED_SERVERS=0
         cmd_stop >/dev/null 2>&1 || true
@@ -754,17 +824,19 @@ on_exit() {
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The named tests: loadgen flags per test.
+# The named tests: loadgen flags per test. --messages and --duration replace the
+# count and the length, and nothing else, so a shortened test runs the same path.
 test_flags() {
+    local sustained="${DURATION_ARG:-60s}"
     case "$1" in
-        quick) echo "--mode burst --messages 100 --workers 10 --size small" ;;
-        burst) echo "--mode burst --messages 5000 --workers 50 --size medium" ;;
-        sustained) echo "--mode sustained --duration 60 --rate 50 --size medium" ;;
-        heavy) echo "--mode burst --messages 10000 --workers 100 --size medium" ;;
-        # One run with the seed's four batches mixed together (2600 messages, each
+        quick) echo "--mode burst --messages ${MESSAGES_ARG:-100} --workers 10 --size small" ;;
+        burst) echo "--mode burst --messages ${MESSAGES_ARG:-5000} --workers 50 --size medium" ;;
+        sustained) echo "--mode sustained --duration $sustained --rate 50 --size medium" ;;
+        heavy) echo "--mode burst --messages ${MESSAGES_ARG:-10000} --workers 100 --size medium" ;;
+        # One run with PrixFixe's four batches mixed together (2600 messages, each
         # size drawn with the batch sizes as weights): the servers see the sizes
         # interleaved, as real traffic comes, and one result carries the whole test.
-        mixed) echo "--mode burst --messages 2600 --workers 50 --size small=1000,medium=1000,large=500,xlarge=100" ;;
+        mixed) echo "--mode burst --messages ${MESSAGES_ARG:-2600} --workers 50 --size small=1000,medium=1000,large=500,xlarge=100" ;;
         *) return 1 ;;
     esac
 }
@@ -784,7 +856,7 @@ cmd_test() {
 }
 
 cmd_test_all() {
-    local names=(quick burst sustained heavy mixed) i
+    local names=(quick burst sustained heavy mixed) i results=()
     ensure_servers
     for ((i = 0; i < ${#names[@]}; i++)); do
         if ((i > 0)); then
@@ -792,8 +864,24 @@ cmd_test_all() {
             sleep "$COOLDOWN_S"
         fi
         run_named_test "${names[$i]}"
+        results+=("$LAST_RESULT")
     done
     ok "test-all: ${#names[@]} tests done"
+    summarize "${results[@]}"
+}
+
+# One table of the given results (analyze summary over a directory holding only
+# links to them).
+summarize() {
+    local dir file
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/stampede-summary.XXXXXX")"
+    for file in "$@"; do
+        [[ "$file" == /* ]] || file="$ROOT/$file"
+        ln -s "$file" "$dir/"
+    done
+    echo
+    "$RELEASE_DIR/analyze" summary --dir "$dir" || warn "analyze summary failed; the results themselves are fine"
+    rm -rf "$dir"
 }
 
 cmd_run_custom() {
@@ -813,12 +901,12 @@ VERBS=" build start stop clean status logs test-quick test-burst test-sustained 
 parse_args() {
     while (($# > 0)); do
         case "$1" in
-            --servers | --cooldown)
+            --servers | --cooldown | --messages | --duration)
                 (($# >= 2)) || usage_error "$1 needs a value"
                 set_option "$1" "$2"
                 shift 2
                 ;;
-            --servers=* | --cooldown=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            --servers=* | --cooldown=* | --messages=* | --duration=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
             --local | --docker)
                 [[ -z "$BACKEND_FORCED" || "$BACKEND_FORCED" == "${1#--}" ]] ||
                     usage_error "--local and --docker exclude each other"
@@ -846,6 +934,8 @@ set_option() {
     case "$1" in
         --servers) SERVERS=$2; SERVERS_SET=1 ;;
         --cooldown) COOLDOWN_ARG=$2 ;;
+        --messages) MESSAGES_ARG=$2 ;;
+        --duration) DURATION_ARG=$2 ;;
     esac
 }
 
@@ -864,6 +954,19 @@ check_options() {
     if [[ "$BACKEND_FORCED" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
         usage_error "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
     fi
+    local var
+    for var in STAMPEDE_SMTP_BASE_PORT STAMPEDE_ADMIN_BASE_PORT; do
+        [[ -z "${!var:-}" || "${!var}" =~ ^[1-9][0-9]{0,4}$ && "${!var}" -le 65500 ]] ||
+            usage_error "$var '${!var}': expected a port number from 1 to 65500"
+    done
+    if [[ -n "$MESSAGES_ARG" && ! "$MESSAGES_ARG" =~ ^[1-9][0-9]{0,8}$ ]]; then
+        usage_error "--messages '$MESSAGES_ARG': expected a whole number from 1 to 999999999"
+    fi
+    # Checked here, passed to loadgen as given (it reads the same grammar).
+    [[ -z "$DURATION_ARG" ]] || duration_seconds --duration "$DURATION_ARG" >/dev/null
+    # Compose's rule for project names; the name also goes into image and container names.
+    [[ "$COMPOSE_PROJECT" =~ ^[a-z0-9][a-z0-9_-]*$ ]] ||
+        usage_error "STAMPEDE_PROJECT '$COMPOSE_PROJECT': expected lowercase letters, digits, '-' and '_', starting with a letter or digit"
     if [[ -n "$COOLDOWN_ARG" ]]; then
         COOLDOWN_S="$(duration_seconds --cooldown "$COOLDOWN_ARG")"
     elif [[ -n "${STAMPEDE_COOLDOWN:-}" ]]; then
@@ -906,6 +1009,7 @@ ensure_units() {
 main() {
     parse_args "$@"
     check_options
+    export_compose_env
 
     case "$VERB" in
         build) cmd_build ;;

@@ -19,6 +19,44 @@ fn png_size(path: &Path) -> (u32, u32) {
     (be(&bytes[16..20]), be(&bytes[20..24]))
 }
 
+/// An RGB(A) pixel colour.
+type Rgb = [u8; 3];
+
+/// The first two series colours (`base` and `new`, or the first two servers).
+const SERIES: [Rgb; 2] = [[0, 114, 178], [213, 94, 0]];
+
+/// How many pixels of a chart have exactly `colour`.
+fn pixels_of(path: &Path, colour: Rgb) -> usize {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).expect("PNG data");
+    let step = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("{}: unexpected colour type {other:?}", path.display()),
+    };
+    buf[..frame.buffer_size()]
+        .chunks_exact(step)
+        .filter(|px| px[..3] == colour)
+        .count()
+}
+
+/// Each series' colour covers more of the chart than its legend swatches can (per
+/// panel a 20 px line or a 12 px square, under 200 pixels): the series itself was
+/// drawn in the plot area, twice over.
+fn assert_series_drawn(path: &Path, panels: usize) {
+    const SWATCH: usize = 200;
+    for colour in SERIES {
+        let n = pixels_of(path, colour);
+        assert!(
+            n > 2 * SWATCH * panels,
+            "{}: only {n} pixels of {colour:?}: an empty plot with a legend",
+            path.display()
+        );
+    }
+}
+
 fn assert_svg(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains("<svg"), "{}", path.display());
@@ -32,7 +70,8 @@ fn every_chart_is_drawn_as_png_and_svg_with_the_requested_size() {
     a.resources = true;
     a.corrected_extra_us = Some(2_000);
     let a = a.write(dir.path(), "base.json");
-    let b = Builder::burst(&spread(600, 1_000, 40_000), 6.0).write(dir.path(), "new.json");
+    // A slower run, so that its throughput line does not hide the base's.
+    let b = Builder::burst(&spread(480, 1_000, 40_000), 6.0).write(dir.path(), "new.json");
     let out_dir = dir.path().join("charts");
     let out = analyze(&[
         "chart",
@@ -53,6 +92,12 @@ fn every_chart_is_drawn_as_png_and_svg_with_the_requested_size() {
         let svg = out_dir.join(format!("{name}.svg"));
         assert_svg(&svg);
         assert!(out.stdout.contains(&format!("{name}.png")));
+        let panels = if matches!(name, "resources" | "servers") {
+            2
+        } else {
+            1
+        };
+        assert_series_drawn(&png, panels);
     }
     // One series per file, named by its stem.
     let spectrum = std::fs::read_to_string(out_dir.join("spectrum.svg")).unwrap();

@@ -374,19 +374,24 @@ fn each_settings_warning_is_printed_once() {
     assert_eq!(count(&out.stderr), 1, "{}", out.stderr);
 }
 
+/// A PrixFixe file's figures are read and judged like a new one's, both ways round,
+/// at the default threshold: the legacy run did 546.04 msg/s, this one 100, so the
+/// legacy file is the better run on throughput and the worse on its 1 s maximum.
 #[test]
 fn legacy_files_compare_with_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let new = run(dir.path(), "new.json", 1_000, 20_000);
-    let out = analyze(&[
-        "compare",
-        s(&prixfixe("v0.2.0-burst-small-1k.json")),
-        s(&new),
-        "--threshold",
-        "off",
-    ]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("546.04"));
+    let legacy = prixfixe("v0.2.0-burst-small-1k.json");
+    let out = analyze(&["compare", s(&legacy), s(&new)]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("546.04"), "{}", out.stdout);
+    assert_eq!(verdict_of(&out.stdout, "msg/s"), "REGRESSION");
+    assert_eq!(verdict_of(&out.stdout, "latency max"), "better");
+    assert_eq!(verdict_of(&out.stdout, "success rate"), "same");
+
+    let out = analyze(&["compare", s(&new), s(&legacy)]);
+    assert_eq!(verdict_of(&out.stdout, "msg/s"), "better", "{}", out.stdout);
+    assert_eq!(verdict_of(&out.stdout, "latency max"), "REGRESSION");
 }
 
 #[test]
@@ -401,4 +406,42 @@ fn bad_thresholds_and_arguments_exit_2() {
     let out = analyze(&["compare", "--base", s(&base)]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--new"), "{}", out.stderr);
+}
+
+/// Sets `pointer` (a JSON pointer) in a written result file to `value`.
+fn edit(path: &Path, pointer: &str, value: serde_json::Value) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    *v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{pointer} in {}", path.display())) = value;
+    std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn settings_warnings_name_what_differs_and_stay_quiet_when_nothing_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = run(dir.path(), "base.json", 1_000, 20_000);
+    let same = run(dir.path(), "same.json", 1_000, 20_000);
+    let out = analyze(&["compare", s(&base), s(&same)]);
+    assert!(!out.stderr.contains("WARNING"), "{}", out.stderr);
+
+    let mut other = Builder::burst(&spread(1000, 1_000, 20_000), 10.0);
+    other.test_type = "custom".into();
+    other.workers = None;
+    other.rate = Some(100.0);
+    let other = other.write(dir.path(), "other.json");
+    edit(&other, "/servers", serde_json::json!(["mx.example:25"]));
+    edit(&other, "/generator_saturated", true.into());
+    edit(&other, "/run/interrupted", true.into());
+    let out = analyze(&["compare", s(&base), s(&other)]);
+    for expected in [
+        "WARNING: the runs differ in test type",
+        "WARNING: the runs differ in target rate: base base = none, new other = 100",
+        "WARNING: the runs differ in servers",
+        "WARNING: the runs differ in workers: base base = 10, new other = none",
+        "WARNING: new other was interrupted",
+        "WARNING: new other was limited by the generator",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
+    }
 }

@@ -11,13 +11,22 @@ use common::{analyze, row, s};
 async fn start_servers(n: usize) -> Vec<server::RunningServer> {
     let mut servers = Vec::new();
     for _ in 0..n {
-        servers.push(
-            server::start(server::Config::for_local_testing())
-                .await
-                .expect("reference server starts"),
-        );
+        servers.push(start_server(server::Config::for_local_testing()).await);
     }
     servers
+}
+
+async fn start_server(config: server::Config) -> server::RunningServer {
+    server::start(config)
+        .await
+        .expect("reference server starts")
+}
+
+async fn stop_servers(servers: Vec<server::RunningServer>) {
+    for srv in servers {
+        srv.shutdown();
+        srv.wait().await.expect("server exits cleanly");
+    }
 }
 
 /// One generator run against `addrs`, saved as `dir/name`.
@@ -46,10 +55,19 @@ async fn real_runs_are_shown_gated_compared_charted_and_merged() {
     let burst = &["--messages", "200", "--workers", "4", "--size", "small"];
     let a = loadgen_run(&addrs, burst, dir.path(), "a.json").await;
     let b = loadgen_run(&addrs, burst, dir.path(), "b.json").await;
-    for srv in servers {
-        srv.shutdown();
-        srv.wait().await.expect("server exits cleanly");
-    }
+    stop_servers(servers).await;
+    // The same load where one of the two servers refuses every message as too big.
+    let refusing = vec![
+        start_server(server::Config::for_local_testing()).await,
+        start_server(server::Config {
+            max_message_size: 200,
+            ..server::Config::for_local_testing()
+        })
+        .await,
+    ];
+    let refusing_addrs: Vec<SocketAddr> = refusing.iter().map(|s| s.smtp_addr()).collect();
+    let worse = loadgen_run(&refusing_addrs, burst, dir.path(), "worse.json").await;
+    stop_servers(refusing).await;
 
     // show: the counts the servers saw, split round-robin.
     let out = analyze(&["show", s(&a)]);
@@ -79,9 +97,16 @@ async fn real_runs_are_shown_gated_compared_charted_and_merged() {
     let out = analyze(&["check", s(&a), "--require", "p99<=1us"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
 
-    // compare: a run against itself never regresses.
+    // compare: a run against itself never regresses; half the messages refused is a
+    // regression in the success rate, and the exit code says so.
     let out = analyze(&["compare", s(&a), s(&a), "--threshold", "1%"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = analyze(&["compare", s(&a), s(&worse)]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let success = row(&out.stdout, "success rate (%)");
+    assert_eq!((success[1], success[2]), ("100.00", "50.00"), "{success:?}");
+    assert_eq!(success.last(), Some(&"REGRESSION"), "{success:?}");
+    assert_eq!(row(&out.stdout, "failed")[1..3], ["0", "100"]);
 
     // chart: the real histograms and timeline draw.
     let charts = dir.path().join("charts");

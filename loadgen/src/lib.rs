@@ -7,7 +7,8 @@
 //! - settings: `cli` (the flags), `config` (checked, every error naming its flag);
 //! - generation: `schedule` (closed and open models, the timetable and its
 //!   dispatcher), `worker` (one session at a time to one server), `client` (one SMTP
-//!   connection, timed phase by phase), `message` (bodies prepared once);
+//!   connection, timed phase by phase), `message` (bodies prepared once),
+//!   `runtime` (one single-threaded runtime per core, the sessions dealt over them);
 //! - measurement: `stats` (histograms and counters), `containers` (the servers' CPU
 //!   and memory);
 //! - presentation: `progress` (the live line and the summary), `result` (the
@@ -22,6 +23,7 @@ mod containers;
 mod message;
 mod progress;
 mod result;
+mod runtime;
 mod schedule;
 mod stats;
 mod worker;
@@ -38,11 +40,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
+pub use runtime::main_runtime;
 
 use crate::client::{ClientSettings, PhaseTimings, PreparedCommands, SmtpConnection};
 use crate::containers::ContainerMonitor;
 use crate::message::MessageFactory;
 use crate::result::{ProcessUsage, RunFacts};
+use crate::runtime::Shards;
 use crate::schedule::{Dispatcher, Gates, Plan, Timetable, workers_for};
 use crate::stats::Stats;
 use crate::worker::RunShared;
@@ -90,7 +94,8 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         abort: CancellationToken::new(),
         gates,
     });
-    let workers = spawn_workers(&shared, &plan.pools);
+    let shards = start_shards(&config, &plan)?;
+    let workers = spawn_workers(&shards, &shared, &plan.pools);
     let progress = config.progress.then(|| Progress::start(&shared));
 
     // Sustained runs end on time: whatever is still in flight at the end of the
@@ -106,6 +111,8 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         drain,
     )
     .await;
+    // Every worker has ended: the shard threads stop.
+    drop(shards);
 
     let done = teardown(shared, dispatcher, progress, monitor).await;
     let mut stats = done.stats;
@@ -240,14 +247,24 @@ fn start_dispatcher(
     Ok((Some(dispatcher), Some(gates)))
 }
 
-/// One task per session: `pools[s]` workers for server `s`, each with its own seed.
-fn spawn_workers(shared: &Arc<RunShared>, pools: &[u32]) -> JoinSet<()> {
+/// The runtimes the sessions run on (`runtime.rs`): one per core by default, never
+/// more than there are sessions; only the closed model polls before sleeping.
+fn start_shards(config: &Config, plan: &RunPlan) -> anyhow::Result<Shards> {
+    let sessions = plan.pools.iter().map(|&p| p as usize).sum::<usize>();
+    let count = runtime::shard_count(config.threads).min(sessions.max(1));
+    Shards::start(count, plan.timetable.is_none()).context("starting the runtime threads")
+}
+
+/// One task per session: `pools[s]` workers for server `s`, each with its own seed,
+/// dealt over the shards one by one so each shard gets its share of every pool.
+fn spawn_workers(shards: &Shards, shared: &Arc<RunShared>, pools: &[u32]) -> JoinSet<()> {
     let mut set = JoinSet::new();
     let mut seed = 0u64;
     for (server, &pool) in pools.iter().enumerate() {
         for _ in 0..pool {
+            let worker = worker::run_worker(Arc::clone(shared), server, seed + 1);
+            shards.spawn(&mut set, seed as usize, worker);
             seed += 1;
-            set.spawn(worker::run_worker(Arc::clone(shared), server, seed));
         }
     }
     set

@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime_builder(config.threads).enable_all().build() {
+    // The main thread is shard 0; `loadgen::run` starts the others (`runtime.rs`).
+    let runtime = match loadgen::main_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: error: cannot start the runtime: {e}");
@@ -67,19 +68,4 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         println!("  {:<22} {}", "result", path.display());
     }
     Ok(())
-}
-
-/// The runtime: one thread per core by default; `--threads 1` runs the whole
-/// generator on one thread, which can be cheaper on a small machine it shares
-/// with the server under test.
-fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
-    match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    }
 }

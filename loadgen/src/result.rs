@@ -61,6 +61,28 @@ pub fn cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+/// The machine the run was made on. In a container the generator would see the
+/// container's id and CPU share; scripts/stress-test.sh passes the host's name and
+/// CPU count in `STAMPEDE_HOST_NAME` and `STAMPEDE_HOST_CPUS` (as it passes
+/// `STAMPEDE_GIT_SHA`). Provenance only: a value that does not parse falls back to
+/// what the generator sees rather than failing a finished run.
+fn host_info(generator_cpus: u32) -> HostInfo {
+    let given = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|s: &String| !s.trim().is_empty())
+    };
+    HostInfo {
+        hostname: given("STAMPEDE_HOST_NAME")
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
+        cpus: given("STAMPEDE_HOST_CPUS")
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&n: &u32| n > 0)
+            .unwrap_or(generator_cpus),
+        os: std::env::consts::OS.to_string(),
+    }
+}
+
 /// The commit the generator was built from, best effort: `STAMPEDE_GIT_SHA` at run
 /// time or at build time, else `git rev-parse HEAD` in the working directory or in
 /// the directory of the binary (a `target/` inside the checkout).
@@ -215,11 +237,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
             config,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             git_sha: git_sha(),
-            host: HostInfo {
-                hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-                cpus,
-                os: std::env::consts::OS.to_string(),
-            },
+            host: host_info(cpus),
             generator: Some(generator),
         }),
         per_server,

@@ -263,8 +263,14 @@ async fn rejected_recipients_fail_the_message() {
     assert!(server.messages().is_empty());
 }
 
+/// A rate a loaded two-core machine holds easily (25/s over 4 s), so the 1% bound on
+/// the achieved rate measures the schedule, not the machine: the run's end is the
+/// later of the window's end and the last completion, and the last message is sent
+/// 40 ms before the window closes, leaving it 80 ms of latency before 1% is lost.
 #[tokio::test]
 async fn sustained_rate_is_met_and_the_timeline_covers_the_run() {
+    const RATE: u64 = 25;
+    const SECONDS: u64 = 4;
     let _serial = TIMING.lock().await;
     let server = TestServer::start(TestServer::accepting()).await;
     let r = run(config(
@@ -273,30 +279,39 @@ async fn sustained_rate_is_met_and_the_timeline_covers_the_run() {
             "--mode",
             "sustained",
             "--rate",
-            "200",
+            &RATE.to_string(),
             "--duration",
-            "3",
+            &SECONDS.to_string(),
             "--size",
             "small",
         ],
     ))
     .await;
     let m = &r.metrics;
-    assert_eq!(m.total_messages, 600);
-    assert_eq!(m.successful_messages, 600);
+    assert_eq!(m.total_messages, RATE * SECONDS);
+    assert_eq!(m.successful_messages, RATE * SECONDS);
     let achieved = m.messages_per_second;
+    let target = RATE as f64;
     assert!(
-        (achieved - 200.0).abs() / 200.0 < 0.01,
-        "achieved {achieved}/s"
+        (achieved - target).abs() / target < 0.01,
+        "achieved {achieved}/s over {} s",
+        m.duration_seconds
     );
     assert!(
-        (3..=4).contains(&r.timeline.len()),
+        (SECONDS as usize..=SECONDS as usize + 1).contains(&r.timeline.len()),
         "{} points",
         r.timeline.len()
     );
-    assert_eq!(r.timeline.iter().map(|p| p.sent).sum::<u64>(), 600);
+    // Every second of the window was scheduled at the rate, none bunched up.
+    let sent: Vec<u64> = r.timeline.iter().map(|p| p.sent).collect();
+    assert_eq!(
+        sent[..SECONDS as usize],
+        [RATE; SECONDS as usize],
+        "{sent:?}"
+    );
+    assert_eq!(sent.iter().sum::<u64>(), RATE * SECONDS);
     assert!(m.latency_corrected_ms.is_some());
-    assert_eq!(r.target_rate, Some(200.0));
+    assert_eq!(r.target_rate, Some(target));
     assert_eq!(r.concurrent_workers, None);
     assert!(!r.interrupted());
 }
@@ -460,6 +475,8 @@ async fn closing_an_idle_connection_does_not_make_the_next_send_late() {
     // Two sends 11.1 s apart on one reused connection: by the second it has been
     // idle past the 10 s reuse limit and is closed and reopened. Its QUIT (and the
     // wait for this server, which never closes first) must not delay the send.
+    // That wait is 200 ms, so a tolerance of 150 ms still catches it while leaving
+    // a loaded machine room to wake the worker (100 ms failed 1 run in 20 under load).
     let server = TestServer::start_options(Options {
         hold_after_quit: true,
         ..Options::default()
@@ -479,7 +496,7 @@ async fn closing_an_idle_connection_does_not_make_the_next_send_late() {
             "--msgs-per-conn",
             "5",
             "--late-tolerance-ms",
-            "100",
+            "150",
             "--size",
             "small",
         ],
@@ -571,8 +588,11 @@ async fn a_message_cut_by_the_drain_time_says_where_it_was() {
             "10",
             "--duration",
             "0.5",
+            // Ends the run at 2 s: time for the last message (due at 0.4 s) to reach
+            // its end of data even on a loaded machine (0.3 s was not: it was cut
+            // at DATA once in 20 loaded runs), well before the 3 s stall ends.
             "--drain-timeout",
-            "0.3",
+            "1.5",
             "--size",
             "small",
         ],

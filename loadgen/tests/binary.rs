@@ -238,3 +238,119 @@ async fn sigint_ends_the_run_with_an_interrupted_result() {
     assert!(r.metrics.total_messages > 0);
     assert!(r.metrics.duration_seconds < 5.0);
 }
+
+/// Starts the loadgen binary against `server` with `args`, writing `out_file`.
+fn spawn_loadgen(
+    server: &TestServer,
+    args: &[&str],
+    out_file: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(["--servers", &server.addr.to_string()])
+        .args(args)
+        .arg("--output")
+        .arg(out_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `server` has taken `n` messages (so the run, and its signal
+/// handling, is under way).
+async fn wait_for_messages(server: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.eods.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "no message arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn signal(child: &tokio::process::Child, sig: libc::c_int) {
+    let pid = child.id().expect("the child runs") as i32;
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[tokio::test]
+async fn sigint_ends_a_burst_run_with_an_interrupted_result() {
+    const ASKED: u64 = 10_000_000;
+    let server = TestServer::start(TestServer::accepting()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    let asked = ASKED.to_string();
+    let child = spawn_loadgen(
+        &server,
+        &["--messages", &asked, "--workers", "2", "--size", "small"],
+        &out_file,
+    );
+    wait_for_messages(&server, 20).await;
+    signal(&child, libc::SIGINT);
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("loadgen ends after SIGINT")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report::load(&out_file).unwrap();
+    assert!(r.interrupted());
+    let m = &r.metrics;
+    assert!(
+        m.total_messages >= 20 && m.total_messages < ASKED,
+        "{} of {ASKED} messages",
+        m.total_messages
+    );
+    // What was sent by the interrupt is accounted for, nothing lost in between.
+    assert_eq!(m.successful_messages + m.failed_messages, m.total_messages);
+    assert_eq!(r.concurrent_workers, Some(2));
+}
+
+/// A generator that cannot keep its schedule (here: the whole process stopped for
+/// 600 ms, as a starved machine would) releases the messages due meanwhile late,
+/// and the result says its figures are the generator's, not the server's.
+#[tokio::test]
+async fn a_generator_stalled_past_its_schedule_is_marked_saturated() {
+    let server = TestServer::start(TestServer::accepting()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    let child = spawn_loadgen(
+        &server,
+        &[
+            "--mode",
+            "sustained",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--size",
+            "small",
+        ],
+        &out_file,
+    );
+    wait_for_messages(&server, 5).await;
+    signal(&child, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    signal(&child, libc::SIGCONT);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("loadgen ends")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r = report::load(&out_file).unwrap();
+    assert!(r.generator_saturated, "{:?}", r.metrics);
+    // About 60 of the 200 messages fell due while it was stopped.
+    assert!(r.metrics.late_sends >= 20, "{:?}", r.metrics);
+    // The summary a person reads says so too.
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("WARNING") && summary.contains("the generator was saturated"),
+        "{summary}"
+    );
+}

@@ -106,15 +106,52 @@ pub(crate) fn save_atomic(result: &RunResult, path: &Path) -> Result<(), ReportE
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".stampede-result-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    serde_json::to_writer_pretty(&mut tmp, result)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".stampede-result-").suffix(".tmp");
+    // tempfile creates 0600 files; a result is an ordinary document, so ask for
+    // 0666 and let the umask narrow it (0644 under the usual 022), as any file the
+    // user writes.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).map_err(write_err)?;
+    // Buffered: serde_json writes token by token, ~2,000 write(2) calls per result
+    // file unbuffered.
+    let mut out = std::io::BufWriter::new(&mut tmp);
+    serde_json::to_writer_pretty(&mut out, result)
         .map_err(|e| write_err(std::io::Error::other(e)))?;
-    tmp.write_all(b"\n").map_err(write_err)?;
+    out.write_all(b"\n").map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    drop(out);
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::RunResult;
+
+    /// The process umask, read from /proc: umask(2) cannot read it without setting it,
+    /// which would race with the other tests' threads.
+    fn umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .expect("a Umask line in /proc/self/status");
+        u32::from_str_radix(line.trim(), 8).expect("an octal umask")
+    }
+
+    #[test]
+    fn saved_result_is_readable_by_others_as_the_umask_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("result.json");
+        RunResult::default().save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // 0644 under the usual umask 022: analyze in a container, a web server or
+        // a colleague can read the result, as with any file the user writes.
+        assert_eq!(mode, 0o666 & !umask(), "mode {mode:o}, umask {:o}", umask());
+    }
 }

@@ -8,11 +8,12 @@
 //! - `config`: the one typed [`Config`], layered defaults → file → env → flags;
 //! - `listener`: the accept loop on its own thread, handing sockets to
 //!   - `admission`: memory, connection and rate limits before any session exists;
-//! - [`session`]: one connection's state machine, speaking [`protocol`] and reading
-//!   message content through [`data`];
+//! - `session`: one connection: an I/O-free state machine (`Dialogue`) speaking
+//!   `protocol`, fed by the `input` buffer, reading message content through `data`;
 //! - `memory`: the process memory budget; `store`: what happens to a message;
 //! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
-//! - `healthcheck`: the probe behind `smtp-server healthcheck`.
+//! - `healthcheck`: the probe behind `smtp-server healthcheck`;
+//! - `fuzzing` (hidden): the checks behind the cargo-fuzz targets in `fuzz/`.
 //!
 //! The library API lets tests (and the load generator's tests) run the server in
 //! process:
@@ -33,13 +34,16 @@
 mod admin;
 mod admission;
 mod config;
-pub mod data;
+mod data;
+#[doc(hidden)]
+pub mod fuzzing;
 mod healthcheck;
+mod input;
 mod listener;
 mod memory;
 mod metrics;
-pub mod protocol;
-pub mod session;
+mod protocol;
+mod session;
 mod store;
 
 use std::collections::BTreeMap;

@@ -68,11 +68,19 @@ impl CommandError {
             }
             CommandError::BadSender => Reply::new(501, "5.1.7", "Bad sender address syntax"),
             CommandError::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
-            CommandError::UnsupportedParameter(p) => Reply::new(
-                555,
-                "5.5.4",
-                format!("Parameter {p} not recognized or not implemented"),
-            ),
+            CommandError::UnsupportedParameter(p) => {
+                // The parameter is quoted as sent, but a reply carries no control
+                // characters (RFC 5321 4.2: textstring is HT, SP and printable).
+                let p: String = p
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+                Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("Parameter {p} not recognized or not implemented"),
+                )
+            }
             CommandError::InvalidParameter(p) => {
                 Reply::new(501, "5.5.4", format!("Invalid {p} parameter"))
             }
@@ -82,11 +90,27 @@ impl CommandError {
 
 /// Parses one command line (ending in LF, at most [`MAX_COMMAND_LINE`] octets).
 pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
-    match parse_with_smtp_proto(line) {
+    let command = match parse_with_smtp_proto(line) {
         Err(e @ (CommandError::BadSender | CommandError::BadRecipient)) => {
-            parse_address_literal(line).ok_or(e)
+            parse_address_literal(line).ok_or(e)?
         }
-        other => other,
+        other => other?,
+    };
+    refuse_control_characters(command)
+}
+
+/// RFC 5321 allows no control character in a domain (4.1.2) nor in a mailbox, even
+/// quoted (`qtextSMTP`, `quoted-pairSMTP`), and neither does RFC 6531. smtp-proto 0.2
+/// lets them through; they would be echoed in the EHLO/HELO reply and written into
+/// spool headers, so they are refused here.
+fn refuse_control_characters(command: Command) -> Result<Command, CommandError> {
+    let has_control = |text: &str| text.chars().any(char::is_control);
+    match &command {
+        Command::Ehlo { host } if has_control(host) => Err(CommandError::Syntax("EHLO domain")),
+        Command::Helo { host } if has_control(host) => Err(CommandError::Syntax("HELO domain")),
+        Command::Mail { from, .. } if has_control(from) => Err(CommandError::BadSender),
+        Command::Rcpt { to } if has_control(to) => Err(CommandError::BadRecipient),
+        _ => Ok(command),
     }
 }
 
@@ -226,11 +250,6 @@ impl Reply {
         let _ = write_line(out, self.code, ' ', self.status, &self.text);
     }
 
-    /// True for replies after which the server closes the connection.
-    pub fn closes(&self) -> bool {
-        self.code == 421 || self.code == 221
-    }
-
     pub fn ok() -> Self {
         Self::new(250, "2.0.0", "OK")
     }
@@ -364,21 +383,66 @@ pub fn greeting(domain: &str) -> Reply {
     )
 }
 
-/// Appends the multi-line EHLO reply advertising the supported extensions.
-pub fn write_ehlo(out: &mut Vec<u8>, domain: &str, client: &str, max_message_size: u64) {
-    let lines = [
-        format!("{domain} greets {client}"),
-        "PIPELINING".to_string(),
-        format!("SIZE {max_message_size}"),
-        "8BITMIME".to_string(),
-        "ENHANCEDSTATUSCODES".to_string(),
-        "SMTPUTF8".to_string(),
-        "HELP".to_string(),
-    ];
-    let last = lines.len() - 1;
-    for (i, line) in lines.iter().enumerate() {
-        let sep = if i == last { ' ' } else { '-' };
-        let _ = write_line(out, 250, sep, "", line);
+/// Everything the server says in answer to one command or message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A one-line reply.
+    Reply(Reply),
+    /// The EHLO reply: the greeting line, then one line per extension
+    /// (RFC 5321 4.1.1.1); every line but the last has `-` after the code.
+    Ehlo {
+        greeting: String,
+        max_message_size: u64,
+    },
+}
+
+impl Response {
+    pub fn ehlo(domain: &str, client: &str, max_message_size: u64) -> Self {
+        Response::Ehlo {
+            greeting: format!("{domain} greets {client}"),
+            max_message_size,
+        }
+    }
+
+    /// The reply code (the same on every line).
+    pub fn code(&self) -> u16 {
+        match self {
+            Response::Reply(reply) => reply.code,
+            Response::Ehlo { .. } => 250,
+        }
+    }
+
+    /// Appends the response, every line CRLF-terminated, to an output buffer.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Response::Reply(reply) => reply.write_to(out),
+            Response::Ehlo {
+                greeting,
+                max_message_size,
+            } => {
+                let size = format!("SIZE {max_message_size}");
+                let lines = [
+                    greeting.as_str(),
+                    "PIPELINING",
+                    &size,
+                    "8BITMIME",
+                    "ENHANCEDSTATUSCODES",
+                    "SMTPUTF8",
+                    "HELP",
+                ];
+                let last = lines.len() - 1;
+                for (i, line) in lines.iter().enumerate() {
+                    let sep = if i == last { ' ' } else { '-' };
+                    let _ = write_line(out, 250, sep, "", line);
+                }
+            }
+        }
+    }
+}
+
+impl From<Reply> for Response {
+    fn from(reply: Reply) -> Self {
+        Response::Reply(reply)
     }
 }
 
@@ -463,10 +527,47 @@ mod tests {
         assert_eq!(err.reply().code, 501);
     }
 
+    /// Found by the `session` and `command_line` fuzz targets: smtp-proto 0.2 lets
+    /// control characters through in hosts and addresses, and they were echoed in the
+    /// EHLO/HELO reply and written into spool headers.
+    #[test]
+    fn control_characters_in_hosts_and_addresses_are_refused() {
+        let rows: [(&[u8], u16, &str); 7] = [
+            (b"HELO client\x03\x01EHLO\r\n", 501, "5.5.4"),
+            (b"EHLO a\x1bb\r\n", 501, "5.5.4"),
+            (b"EHLO a\xc2\x85b\r\n", 501, "5.5.4"),
+            (b"MAIL FROM:<\"a\x01b\"@c.example>\r\n", 501, "5.1.7"),
+            (b"MAIL FROM:<a\x7fb@c.example>\r\n", 501, "5.1.7"),
+            (b"RCPT TO:<a\x7fb@c.example>\r\n", 501, "5.1.3"),
+            (b"RCPT TO:<\"x\x08y\"@c.example>\r\n", 501, "5.1.3"),
+        ];
+        for (line, code, status) in rows {
+            let reply = match parse_command(line) {
+                Ok(command) => panic!("{line:?} accepted as {command:?}"),
+                Err(e) => e.reply(),
+            };
+            assert_eq!((reply.code, reply.status), (code, status), "{line:?}");
+        }
+        // UTF-8 hosts and addresses stay accepted (RFC 6531).
+        assert!(parse_command("EHLO bücher.example\r\n".as_bytes()).is_ok());
+        assert!(parse_command("RCPT TO:<jörg@bücher.example>\r\n".as_bytes()).is_ok());
+    }
+
+    /// Found by the `command_line` fuzz target: the 555 reply quoted the parameter as
+    /// sent, control characters included.
+    #[test]
+    fn an_unsupported_parameter_is_quoted_without_control_characters() {
+        let err = parse_command(b"MAIL FROM:<a@b.example> X\x01\x1b=1\r\n").unwrap_err();
+        let reply = err.reply();
+        assert_eq!(reply.code, 555);
+        assert!(!reply.text.chars().any(char::is_control), "{reply:?}");
+        assert!(reply.text.contains("X??=1"), "{reply:?}");
+    }
+
     #[test]
     fn ehlo_reply_lists_extensions_and_ends_with_space_line() {
         let mut out = Vec::new();
-        write_ehlo(&mut out, "mx", "client", 100);
+        Response::ehlo("mx", "client", 100).write_to(&mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("250-SIZE 100\r\n"));
         assert!(text.contains("250-PIPELINING\r\n"));

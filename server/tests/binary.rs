@@ -18,6 +18,8 @@ struct Server {
     lines: mpsc::Receiver<String>,
     smtp: SocketAddr,
     admin: Option<SocketAddr>,
+    /// The line that announced the listen addresses, as printed.
+    startup: String,
 }
 
 impl Drop for Server {
@@ -32,6 +34,56 @@ fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear().env("RUST_LOG", "info").args(args);
     cmd
+}
+
+/// How long a command that should exit at once (a refused configuration, a health
+/// probe) may run before the test calls it a hang.
+const EXIT_WAIT: Duration = Duration::from_secs(20);
+
+/// The server command for a configuration it must refuse: should a regression accept
+/// it, the server listens on a free loopback port only (never 0.0.0.0:2525) and
+/// [`output`] kills it after [`EXIT_WAIT`] instead of hanging the suite.
+fn refused_command(args: &[&str]) -> Command {
+    let mut cmd = command(args);
+    cmd.args(["--bind", "127.0.0.1", "--port", "0", "--admin-port", "0"]);
+    cmd
+}
+
+/// Runs `cmd` to its end like [`Command::output`], but fails the test when it is still
+/// running after [`EXIT_WAIT`] (and kills it).
+fn output(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn smtp-server");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + EXIT_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {EXIT_WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -56,6 +108,7 @@ fn spawn(mut cmd: Command) -> Server {
         lines,
         smtp: SocketAddr::from(([0, 0, 0, 0], 0)),
         admin: None,
+        startup: String::new(),
     };
     let stdout = server.child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -77,6 +130,7 @@ fn spawn(mut cmd: Command) -> Server {
                 .parse()
                 .expect("smtp_addr");
             server.admin = field(&line, "admin_addr").unwrap().parse().ok();
+            server.startup = line;
             return server;
         }
     }
@@ -130,12 +184,14 @@ async fn sigterm_drains_sessions_answers_421_4_3_2_and_exits_0() {
 async fn healthcheck_exits_0_when_healthy_and_1_when_unreachable() {
     let server = spawn(command(&["--admin-port", "auto", "--admin-addr-file", ""]));
     let admin = server.admin.expect("admin listener on a free port");
-    let ok = command(&["healthcheck", "--admin-port", &admin.port().to_string()])
-        .output()
-        .unwrap();
+    let ok = output(command(&[
+        "healthcheck",
+        "--admin-port",
+        &admin.port().to_string(),
+    ]));
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
     let url = format!("http://{admin}/health");
-    let ok = command(&["healthcheck", "--url", &url]).output().unwrap();
+    let ok = output(command(&["healthcheck", "--url", &url]));
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
 
     // A port nobody listens on.
@@ -144,9 +200,7 @@ async fn healthcheck_exits_0_when_healthy_and_1_when_unreachable() {
         .local_addr()
         .unwrap()
         .port();
-    let bad = command(&["healthcheck", "--admin-port", &free.to_string()])
-        .output()
-        .unwrap();
+    let bad = output(command(&["healthcheck", "--admin-port", &free.to_string()]));
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
 }
 
@@ -171,17 +225,14 @@ fn healthcheck_finds_an_auto_admin_port_through_the_address_file() {
 
     // The same settings, from the environment or from the file.
     let by_env = || {
-        command(&["healthcheck"])
-            .env("SMTP_ADMIN_PORT", "auto")
-            .env("SMTP_ADMIN_ADDR_FILE", file_arg)
-            .output()
-            .unwrap()
+        let mut cmd = command(&["healthcheck"]);
+        cmd.env("SMTP_ADMIN_PORT", "auto")
+            .env("SMTP_ADMIN_ADDR_FILE", file_arg);
+        output(cmd)
     };
     for out in [
         by_env(),
-        command(&["healthcheck", "--config", config_arg])
-            .output()
-            .unwrap(),
+        output(command(&["healthcheck", "--config", config_arg])),
     ] {
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -205,10 +256,9 @@ fn healthcheck_finds_an_auto_admin_port_through_the_address_file() {
 
 #[test]
 fn healthcheck_with_the_admin_listener_disabled_says_so() {
-    let out = command(&["healthcheck"])
-        .env("SMTP_ADMIN_PORT", "0")
-        .output()
-        .unwrap();
+    let mut cmd = command(&["healthcheck"]);
+    cmd.env("SMTP_ADMIN_PORT", "0");
+    let out = output(cmd);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("admin listener is disabled"), "{stdout}");
@@ -250,9 +300,7 @@ fn unknown_config_key_is_a_startup_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("smtp.toml");
     std::fs::write(&file, "[resources]\nmax_conections = 5\n").unwrap();
-    let out = command(&["--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output(refused_command(&["--config", file.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("resources.max_conections"), "{stderr}");
@@ -260,23 +308,20 @@ fn unknown_config_key_is_a_startup_error_naming_it() {
 
 #[test]
 fn invalid_values_from_flag_env_and_file_name_their_key() {
-    let out = command(&["--idle-timeout", "forever"]).output().unwrap();
+    let out = output(refused_command(&["--idle-timeout", "forever"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle_timeout"));
 
-    let out = command(&[])
-        .env("SMTP_MAX_CONNECTIONS", "lots")
-        .output()
-        .unwrap();
+    let mut cmd = refused_command(&[]);
+    cmd.env("SMTP_MAX_CONNECTIONS", "lots");
+    let out = output(cmd);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("smtp.toml");
     std::fs::write(&file, "[memory]\nmemory_critical_threshold = 1.5\n").unwrap();
-    let out = command(&["--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output(refused_command(&["--config", file.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory_critical_threshold"));
 }
@@ -291,7 +336,49 @@ async fn json_logs_carry_the_listen_addresses_as_fields() {
         "--admin-addr-file",
         "",
     ]));
-    assert!(server.admin.is_some());
+    let admin = server.admin.expect("admin listener on a free port");
+    let startup: serde_json::Value = serde_json::from_str(&server.startup)
+        .unwrap_or_else(|e| panic!("startup line is not JSON ({e}): {}", server.startup));
+    assert_eq!(startup["smtp_addr"], server.smtp.to_string(), "{startup}");
+    assert_eq!(startup["admin_addr"], admin.to_string(), "{startup}");
+    assert_eq!(startup["level"], "INFO", "{startup}");
     let mut c = Client::ready(server.smtp).await;
     c.cmd("QUIT").await.assert(221, "2.0.0");
+    // Every later line, the session's close event included, is JSON too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the session's close event is logged");
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        if line.contains("connection closed") {
+            assert!(event["message"].is_string(), "{event}");
+            break;
+        }
+    }
+}
+
+/// A server over its memory budget answers `/health` with 503; the probe a container
+/// health check runs must then exit 1.
+#[tokio::test]
+async fn healthcheck_exits_1_when_health_answers_503() {
+    let server = spawn(command(&[
+        "--admin-port",
+        "auto",
+        "--admin-addr-file",
+        "",
+        "--max-memory-usage",
+        "64KiB",
+    ]));
+    let admin = server.admin.expect("admin listener on a free port");
+    let (status, body) = common::http_get(admin, "/health").await;
+    assert_eq!(status, 503, "{body}");
+    let out = output(command(&[
+        "healthcheck",
+        "--admin-port",
+        &admin.port().to_string(),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }

@@ -101,14 +101,38 @@ async fn idle_timeout_gets_421_4_4_2() {
     stop(server).await;
 }
 
+/// Commands every fifth of the idle timeout keep a session alive for three idle
+/// periods; once they stop, the 421 comes no sooner than one idle period after the
+/// last command. The margins (a 200 ms pause against 1 s) hold on a loaded machine,
+/// and every bound is measured from what the client did, not from wall-clock hopes.
 #[tokio::test]
 async fn idle_timeout_is_reset_by_each_command() {
-    let server = start_with(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    const IDLE: Duration = Duration::from_secs(1);
+    let server = start_with(|c| c.idle_timeout = IDLE).await;
     let mut c = Client::ready(server.smtp_addr()).await;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        c.cmd("NOOP").await.assert(250, "2.0.0");
+    let started = Instant::now();
+    let mut last_sent = Instant::now();
+    while started.elapsed() < IDLE * 3 {
+        tokio::time::sleep(IDLE / 5).await;
+        let silence = last_sent.elapsed();
+        let sent = Instant::now();
+        let r = c.cmd("NOOP").await;
+        assert_eq!(
+            r.code,
+            250,
+            "NOOP {:?} into the session, after {silence:?} of silence (idle timeout \
+             {IDLE:?}): {r:?}",
+            started.elapsed()
+        );
+        last_sent = sent;
     }
+    // The server saw the last NOOP no earlier than `last_sent`, so its idle period
+    // cannot end before `last_sent + IDLE`.
+    c.reply().await.assert(421, "4.4.2");
+    let waited = last_sent.elapsed();
+    assert!(waited >= IDLE, "421 only {waited:?} after the last command");
+    assert!(c.is_closed().await);
+    assert_eq!(server.stats().sessions_closed["idle_timeout"], 1);
     stop(server).await;
 }
 

@@ -56,6 +56,23 @@ async fn simple_commands_get_their_rfc_replies() {
 }
 
 #[tokio::test]
+async fn control_characters_in_a_host_or_an_address_get_501_and_are_never_echoed() {
+    let server = start_with(|_| {}).await;
+    let mut c = Client::connect_greeted(server.smtp_addr()).await;
+    c.send(b"HELO client\x03\x01EHLO\r\n").await;
+    c.reply().await.assert(501, "5.5.4");
+    c.cmd("EHLO client.test").await;
+    c.send(b"MAIL FROM:<\"a\x1b[2Jb\"@c.example>\r\n").await;
+    c.reply().await.assert(501, "5.1.7");
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(250, "2.1.0");
+    c.send(b"RCPT TO:<x\x7fy@test.example>\r\n").await;
+    c.reply().await.assert(501, "5.1.3");
+    c.cmd("QUIT").await.assert(221, "2.0.0");
+    assert!(server.stored_messages().is_empty());
+    stop(server).await;
+}
+
+#[tokio::test]
 async fn many_messages_per_connection_are_stored_with_their_envelope() {
     let server = start_with(|_| {}).await;
     let mut c = Client::ready(server.smtp_addr()).await;

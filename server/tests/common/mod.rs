@@ -79,6 +79,20 @@ impl Client {
         }
     }
 
+    /// Connects from a chosen loopback address (127.0.0.2, 127.0.0.3, ...), so that a
+    /// test can be several clients as far as per-address limits go.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .unwrap_or_else(|e| panic!("bind the client to {local}: {e}"));
+        let stream = socket.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
     /// Connects and reads the 220 banner.
     pub async fn connect_greeted(addr: SocketAddr) -> Client {
         let mut c = Client::connect(addr).await;
