@@ -19,6 +19,9 @@
 # Needs release binaries (built here if missing), python3, and for `server`, `loadgen`
 # and `generator` Postfix's smtp-source and smtp-sink (Debian: apt-get install postfix).
 # Traffic goes to 127.0.0.1 only; every server started here is stopped by its PID.
+#
+# Sourced (scripts/perf-gate.sh does), it defines its helpers and runs nothing.
+# Either way the working directory becomes the repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,6 +30,9 @@ OUT="$(mktemp -d "${TMPDIR:-/tmp}/stampede-bench.XXXXXX")"
 REPEATS="${BENCH_REPEATS:-3}"
 CLK_TCK="$(getconf CLK_TCK)"
 PIDS=()
+# Commands put before the binaries, e.g. a handicap in scripts/perf-gate.sh's tests.
+LOADGEN_WRAP=()
+SERVER_WRAP=()
 
 cleanup() {
     local pid
@@ -64,7 +70,7 @@ start_smtp_server() {
         set +a
         SMTP_PORT=$port SMTP_ADMIN_PORT=0 SMTP_MAX_CONNECTIONS="${SMTP_MAX_CONNECTIONS_BENCH:-2000}" \
             SMTP_MAX_CONNECTIONS_PER_IP="${SMTP_MAX_CONNECTIONS_BENCH:-2000}" \
-            exec "$BIN/smtp-server" >"$OUT/server-$port.log" 2>&1
+            exec "${SERVER_WRAP[@]}" "$BIN/smtp-server" >"$OUT/server-$port.log" 2>&1
     ) &
     echo $!
 }
@@ -89,16 +95,17 @@ stop() {
     kill -9 "$1" 2>/dev/null || true
 }
 
-# smtp-source run, 20 sessions of 10 KiB messages; prints "seconds client_cpu_s"
-# (smtp-source reports no timing of its own).
+# smtp-source run, 20 sessions of $4 bytes (default 10 KiB); prints "seconds
+# client_cpu_s" (smtp-source reports no timing of its own).
 smtp_source() {
-    local port=$1 messages=$2 extra=$3 t0 t1
+    local port=$1 messages=$2 extra=$3 size=${4:-10240} t0 t1
+    local times="$OUT/time.$BASHPID" # one per caller: perf-gate.sh runs two at once
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    /usr/bin/time -f "%U %S" -o "$OUT/time" smtp-source -s 20 -m "$messages" -l 10240 \
+    /usr/bin/time -f "%U %S" -o "$times" smtp-source -s 20 -m "$messages" -l "$size" \
         -f bench@stampede.test -t sink@example.test $extra "127.0.0.1:$port" >/dev/null
     t1=$(date +%s.%N)
-    echo "$t0 $t1 $(cat "$OUT/time")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
+    echo "$t0 $t1 $(cat "$times")" | awk '{ printf "%.3f %.2f\n", $2 - $1, $3 + $4 }'
 }
 
 # loadgen run; prints "msg/s cpu_s max_rss_MiB successful late" from its result file.
@@ -106,12 +113,12 @@ loadgen_run() {
     local port=$1 file
     shift
     file="$OUT/loadgen-$RANDOM$RANDOM.json"
-    "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" "$@" >/dev/null
+    "${LOADGEN_WRAP[@]}" "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" "$@" >/dev/null
     python3 - "$file" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 m = r["metrics"]; g = (r.get("run") or {}).get("generator") or {}
-print("%.1f %.2f %.1f %d %d %.1f" % (m["messages_per_second"], g.get("cpu_seconds", 0),
+print("%.1f %.2f %.1f %d %d %.4f" % (m["messages_per_second"], g.get("cpu_seconds", 0),
       g.get("max_rss_bytes", 0) / 1048576, m["successful_messages"], m.get("late_sends", 0),
       m["duration_seconds"]))
 EOF
@@ -293,6 +300,7 @@ bench_memory() {
     stop "$pid"
 }
 
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 build
 case "${1:-}" in
     server) bench_server ;;
