@@ -115,7 +115,20 @@ pub fn draw_all(
         |r| r.histograms.is_some(),
         "histogram: its spectrum is drawn through the summary percentiles only",
     );
-    canvas.render(&Spectrum(&series), "spectrum", &mut report)?;
+    // A run where every message failed has no latency: its spectrum would be an
+    // empty grid.
+    let has_spectrum = |s: &Series| {
+        spectrum_points(s)
+            .iter()
+            .any(|(_, points)| points.iter().any(|&(_, ms)| ms > 0.0))
+    };
+    if series.iter().any(has_spectrum) {
+        canvas.render(&Spectrum(&series), "spectrum", &mut report)?;
+    } else {
+        report
+            .skipped
+            .push("spectrum: no input has the latency of a successful message".into());
+    }
 
     let has_servers = |r: &RunResult| !r.per_server.is_empty();
     if let Some(fed) = report.fed_by(
@@ -124,7 +137,18 @@ pub fn draw_all(
         "servers: no input has per-server figures",
     ) {
         report.note_lacking(&series, has_servers, "per-server figures");
-        canvas.render(&Servers(&fed), "servers", &mut report)?;
+        // Bars of zero height only would draw an empty grid.
+        let any_success = fed
+            .iter()
+            .flat_map(|s| &s.result.per_server)
+            .any(|m| m.successful_messages > 0);
+        if any_success {
+            canvas.render(&Servers(&fed), "servers", &mut report)?;
+        } else {
+            report
+                .skipped
+                .push("servers: no server had a successful message".into());
+        }
     }
 
     let has_resources = |r: &RunResult| r.resources.values().any(|v| !v.is_empty());

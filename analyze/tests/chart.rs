@@ -226,3 +226,45 @@ fn a_chart_with_nothing_to_draw_is_skipped_with_a_reason() {
         out.stderr
     );
 }
+
+/// A run where every message failed, as loadgen writes it (no latency recorded
+/// anywhere): only the throughput chart (failed/s) has something to show.
+#[test]
+fn a_run_without_a_success_writes_only_the_failures_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 50;
+    let mut a = Builder::burst(&spread(n, 1_000, 6_000), 2.0)
+        .failing_last(n)
+        .build();
+    let empty = report::encode_histogram(&report::new_latency_histogram()).unwrap();
+    let h = a.histograms.as_mut().unwrap();
+    h.total = empty.clone();
+    h.phases.clear();
+    h.per_server.values_mut().for_each(|v| *v = empty.clone());
+    a.metrics.latency_ms = Default::default();
+    for m in &mut a.per_server {
+        m.latency_ms = Default::default();
+    }
+    for p in &mut a.timeline {
+        (p.p50_ms, p.p99_ms) = (0.0, 0.0);
+    }
+    let path = dir.path().join("failed.json");
+    a.save(&path).unwrap();
+    let out_dir = dir.path().join("charts");
+    let out = analyze(&["chart", s(&path), "--out", s(&out_dir)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out_dir.join("throughput.png").exists(),
+        "failures per second"
+    );
+    for name in ["latency", "spectrum", "servers"] {
+        assert!(!out_dir.join(format!("{name}.png")).exists(), "{name}");
+        assert!(!out_dir.join(format!("{name}.svg")).exists(), "{name}");
+    }
+    for line in [
+        "skipped: spectrum: no input has the latency of a successful message",
+        "skipped: servers: no server had a successful message",
+    ] {
+        assert!(out.stderr.contains(line), "{}", out.stderr);
+    }
+}
