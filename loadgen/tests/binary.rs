@@ -194,10 +194,9 @@ async fn sigint_ends_the_run_with_an_interrupted_result() {
     let server = TestServer::start(TestServer::accepting()).await;
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("r.json");
-    let child = tokio::process::Command::new(BIN)
-        .args([
-            "--servers",
-            &server.addr.to_string(),
+    let child = spawn_loadgen(
+        &server,
+        &[
             "--mode",
             "sustained",
             "--rate",
@@ -206,34 +205,12 @@ async fn sigint_ends_the_run_with_an_interrupted_result() {
             "60",
             "--size",
             "small",
-            "--output",
-        ])
-        .arg(&out_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until messages flow: the Ctrl-C handler is installed before the run starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.eods.load(std::sync::atomic::Ordering::SeqCst) < 5 {
-        assert!(Instant::now() < deadline, "no message arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = child.id().unwrap() as i32;
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let started = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .expect("loadgen ends after SIGINT")
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(7));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &out_file,
     );
-    let r = report::load(&out_file).unwrap();
+    // Wait until messages flow: the Ctrl-C handler is installed before the run starts.
+    wait_for_messages(&server, 5).await;
+    let r = interrupt_and_load(child, &out_file).await;
     assert!(r.interrupted());
     assert!(r.metrics.total_messages > 0);
     assert!(r.metrics.duration_seconds < 5.0);
@@ -273,6 +250,27 @@ fn signal(child: &tokio::process::Child, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
+/// Sends SIGINT (Ctrl-C) to a running loadgen, checks that it ends soon and cleanly,
+/// and returns the result it wrote.
+async fn interrupt_and_load(
+    child: tokio::process::Child,
+    out_file: &std::path::Path,
+) -> report::RunResult {
+    signal(&child, libc::SIGINT);
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("loadgen ends after SIGINT")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report::load(out_file).unwrap()
+}
+
 #[tokio::test]
 async fn sigint_ends_a_burst_run_with_an_interrupted_result() {
     const ASKED: u64 = 10_000_000;
@@ -286,19 +284,7 @@ async fn sigint_ends_a_burst_run_with_an_interrupted_result() {
         &out_file,
     );
     wait_for_messages(&server, 20).await;
-    signal(&child, libc::SIGINT);
-    let started = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .expect("loadgen ends after SIGINT")
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(7));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = report::load(&out_file).unwrap();
+    let r = interrupt_and_load(child, &out_file).await;
     assert!(r.interrupted());
     let m = &r.metrics;
     assert!(
