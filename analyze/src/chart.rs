@@ -372,6 +372,15 @@ where
     Ok(chart)
 }
 
+/// Every timeline bucket of every series, with the series it belongs to.
+fn timeline_points<'s>(
+    series: &'s [&'s Series<'s>],
+) -> impl Iterator<Item = (&'s Series<'s>, &'s report::TimelinePoint)> + 's {
+    series
+        .iter()
+        .flat_map(|s| s.result.timeline.iter().map(move |p| (*s, p)))
+}
+
 /// Successful messages per second over the run, bucket by bucket.
 struct Throughput<'a>(&'a [&'a Series<'a>]);
 
@@ -382,11 +391,7 @@ impl Chart for Throughput<'_> {
     {
         // Counts per bucket as rates, so buckets of any width read as msg/s.
         let per_s = |s: &Series, n: u64| n as f64 / s.result.timeline_bucket_s();
-        let points = || {
-            self.0
-                .iter()
-                .flat_map(|s| s.result.timeline.iter().map(move |p| (*s, p)))
-        };
+        let points = || timeline_points(self.0);
         let max_t = points().map(|(s, p)| bucket_end(s, p)).fold(0.0, f64::max);
         let max_y = points()
             .map(|(s, p)| per_s(s, p.ok.max(p.failed)))
@@ -436,11 +441,7 @@ impl Chart for LatencyOverTime<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let points = || {
-            self.0
-                .iter()
-                .flat_map(|s| s.result.timeline.iter().map(move |p| (*s, p)))
-        };
+        let points = || timeline_points(self.0);
         let max_t = points().map(|(s, p)| bucket_end(s, p)).fold(0.0, f64::max);
         let max_y = points()
             .map(|(_, p)| p.p99_ms.max(p.p50_ms))
