@@ -201,28 +201,29 @@ EOF
 
 ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", a / b }'; }
 
-# One repeat of every ratio; the files go to $1/<ratio>/run-$2.json.
-measure_repeat() {
-    local dir=$1 i=$2 sink=$3 server=$4 size name sides num den value
-    for size in 1024 10240; do
-        name=loadgen-$((size / 1024))k
-        sides=$(interleaved "$i" "loadgen_seconds $sink $size" "source_seconds $sink $size")
-        read -r num den <<<"$sides"
-        value=$(ratio_of "$num" "$den")
-        write_ratio "$dir/$name/run-$i.json" "$name" \
-            "loadgen msg/s / smtp-source msg/s, both against smtp-sink, $size-byte messages, one per connection" \
-            "$value" "$size" "$SESSIONS" \
-            "{\"numerator\": {\"tool\": \"loadgen\", \"messages_per_second\": $num}, \"denominator\": {\"tool\": \"smtp-source\", \"messages_per_second\": $den}, \"rounds\": $ROUNDS, \"messages_per_round\": $ROUND_MESSAGES}"
-        printf '  %-12s %9.1f / %9.1f = %s\n' "$name" "$num" "$den" "$value" >&2
-    done
-    sides=$(interleaved "$i" "source_seconds $server 10240" "source_seconds $sink 10240")
+# One ratio of two tools timed in interleaved rounds, written to $1/$3/run-$2.json.
+# Args: DIR REPEAT NAME SIZE NUMERATOR-TOOL DENOMINATOR-TOOL DESCRIPTION CMD-A CMD-B.
+measure_pair() {
+    local dir=$1 i=$2 name=$3 size=$4 num_tool=$5 den_tool=$6 what=$7 sides num den value
+    sides=$(interleaved "$i" "$8" "$9")
     read -r num den <<<"$sides"
     value=$(ratio_of "$num" "$den")
-    write_ratio "$dir/server/run-$i.json" server \
+    write_ratio "$dir/$name/run-$i.json" "$name" "$what" "$value" "$size" "$SESSIONS" \
+        "{\"numerator\": {\"tool\": \"$num_tool\", \"messages_per_second\": $num}, \"denominator\": {\"tool\": \"$den_tool\", \"messages_per_second\": $den}, \"rounds\": $ROUNDS, \"messages_per_round\": $ROUND_MESSAGES}"
+    printf '  %-12s %9.1f / %9.1f = %s\n' "$name" "$num" "$den" "$value" >&2
+}
+
+# One repeat of every ratio; the files go to $1/<ratio>/run-$2.json.
+measure_repeat() {
+    local dir=$1 i=$2 sink=$3 server=$4 size num value
+    for size in 1024 10240; do
+        measure_pair "$dir" "$i" "loadgen-$((size / 1024))k" "$size" loadgen smtp-source \
+            "loadgen msg/s / smtp-source msg/s, both against smtp-sink, $size-byte messages, one per connection" \
+            "loadgen_seconds $sink $size" "source_seconds $sink $size"
+    done
+    measure_pair "$dir" "$i" server 10240 smtp-server smtp-sink \
         "smtp-server msg/s / smtp-sink msg/s, both driven by smtp-source, 10240-byte messages, one per connection" \
-        "$value" 10240 "$SESSIONS" \
-        "{\"numerator\": {\"tool\": \"smtp-server\", \"messages_per_second\": $num}, \"denominator\": {\"tool\": \"smtp-sink\", \"messages_per_second\": $den}, \"rounds\": $ROUNDS, \"messages_per_round\": $ROUND_MESSAGES}"
-    printf '  %-12s %9.1f / %9.1f = %s\n' server "$num" "$den" "$value" >&2
+        "source_seconds $server 10240" "source_seconds $sink 10240"
     num=$(loadgen_sustained_rate "$sink")
     value=$(ratio_of "$num" "$SUSTAINED_RATE")
     write_ratio "$dir/sustained/run-$i.json" sustained \
