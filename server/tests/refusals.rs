@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{Client, start_with, stop};
+use common::{Client, start_spooling, start_with, stop};
 
 #[tokio::test]
 async fn malformed_sender_gets_501_5_1_7_and_malformed_recipient_501_5_1_3() {
@@ -32,12 +32,7 @@ async fn malformed_sender_gets_501_5_1_7_and_malformed_recipient_501_5_1_3() {
 async fn a_spool_write_that_fails_gets_451_4_3_0_and_the_next_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let spool_for_config = spool.clone();
-    let server = start_with(move |c| {
-        c.store = server::StoreKind::Spool;
-        c.spool_dir = spool_for_config;
-    })
-    .await;
+    let server = start_spooling(&spool).await;
     // Taking away the directory a message is first written to makes the write fail
     // (this test may run as root, for whom permissions would not).
     std::fs::remove_dir(spool.join("tmp")).unwrap();

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, body_of_size, http_get, start_with, stop};
+use common::{Client, body_of_size, http_get, start_spooling, start_with, stop};
 
 #[tokio::test]
 async fn shutdown_lets_a_transaction_finish_and_closes_idle_sessions_with_421_4_3_2() {
@@ -155,12 +155,7 @@ async fn admin_endpoints_report_health_metrics_and_stats() {
 async fn spooled_message_is_on_disk_and_complete_when_250_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let spool_for_config = spool.clone();
-    let server = start_with(move |c| {
-        c.store = server::StoreKind::Spool;
-        c.spool_dir = spool_for_config;
-    })
-    .await;
+    let server = start_spooling(&spool).await;
     let mut c = Client::ready(server.smtp_addr()).await;
     let body = body_of_size(100_000);
     c.send_message(&body).await.assert(250, "2.0.0");

@@ -27,6 +27,16 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> RunningServer {
     server::start(config).await.expect("server starts")
 }
 
+/// A server with `store = spool` writing into `spool_dir`.
+pub async fn start_spooling(spool_dir: &std::path::Path) -> RunningServer {
+    let spool_dir = spool_dir.to_path_buf();
+    start_with(move |c| {
+        c.store = server::StoreKind::Spool;
+        c.spool_dir = spool_dir;
+    })
+    .await
+}
+
 pub async fn stop(server: RunningServer) {
     server.shutdown();
     tokio::time::timeout(Duration::from_secs(10), server.wait())
