@@ -24,8 +24,8 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
 use crate::auth::Login;
-use crate::cli::{AuthMechanism, TlsMode};
-use crate::tls::{Handshake, TlsClient};
+use crate::cli::AuthMechanism;
+use crate::tls::{Handshake, TlsClient, TlsStart};
 
 /// Longest reply line we accept (RFC 5321 4.5.3.1.5: 512 octets; be lenient).
 const MAX_REPLY_LINE: u64 = 4096;
@@ -355,8 +355,8 @@ impl Connection {
             c.pipelining = s.pipelining && ext.pipelining;
             return Ok(Connection::Plain(c));
         };
-        let mut c = match tls.mode {
-            TlsMode::Implicit => {
+        let mut c = match tls.start {
+            TlsStart::Implicit => {
                 let at = Instant::now();
                 let stream = secure(tls, dial.server, tcp, s.timeout, handshake).await?;
                 t.set(Phase::Tls, at);
@@ -364,7 +364,7 @@ impl Connection {
                 c.banner(t).await?;
                 c
             }
-            _ => {
+            TlsStart::Starttls => {
                 let mut plain = SmtpConnection::new(tcp, s.timeout);
                 let offered = plain.greet(cmds, t).await?;
                 let at = Instant::now();

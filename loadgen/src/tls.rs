@@ -83,11 +83,20 @@ pub struct Handshake {
     pub resumed: bool,
 }
 
+/// When a session starts TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsStart {
+    /// After EHLO, with STARTTLS (RFC 3207).
+    Starttls,
+    /// Right after the connect (RFC 8314).
+    Implicit,
+}
+
 /// The run's TLS client: one configuration (and so one session cache) for every
 /// session, and the name to ask each server for.
 #[derive(Clone)]
 pub struct TlsClient {
-    pub mode: TlsMode,
+    pub start: TlsStart,
     connector: TlsConnector,
     config: Arc<ClientConfig>,
     names: Vec<ServerName<'static>>,
@@ -97,9 +106,11 @@ impl TlsClient {
     /// The client for `settings`, or `None` when the run is plaintext. `sessions`
     /// is the run's session count, which sizes the resumption cache.
     pub fn new(settings: &TlsSettings, sessions: usize) -> anyhow::Result<Option<TlsClient>> {
-        if settings.mode == TlsMode::None {
-            return Ok(None);
-        }
+        let start = match settings.mode {
+            TlsMode::None => return Ok(None),
+            TlsMode::Starttls => TlsStart::Starttls,
+            TlsMode::Implicit => TlsStart::Implicit,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?;
@@ -123,7 +134,7 @@ impl TlsClient {
         };
         let config = Arc::new(config);
         Ok(Some(TlsClient {
-            mode: settings.mode,
+            start,
             connector: TlsConnector::from(Arc::clone(&config)),
             config,
             names: settings.server_names.clone(),
@@ -137,7 +148,7 @@ impl TlsClient {
         config.resumption = Resumption::disabled();
         let config = Arc::new(config);
         TlsClient {
-            mode: self.mode,
+            start: self.start,
             connector: TlsConnector::from(Arc::clone(&config)),
             config,
             names: self.names.clone(),

@@ -58,6 +58,15 @@ async fn a_starttls_run_checks_the_certificate_and_records_the_handshakes() {
         tls.cipher_suites.keys().all(|k| k.starts_with("TLS13_")),
         "{tls:?}"
     );
+    assert_eq!(
+        tls.resumed, 4,
+        "one session at a time: all but the first resume"
+    );
+    let summary = loadgen::summary(&r);
+    assert!(
+        summary.contains("starttls: 5 handshakes (TLSv1.3 5), 80% resumed, handshake p50"),
+        "{summary}"
+    );
     // The tls key survives the result file.
     r.save(&out).unwrap();
     let back = report::load(&out).unwrap();
