@@ -177,7 +177,12 @@ pub struct Args {
 
     /// Accept any server certificate (self-signed test servers); the handshake's
     /// signatures are still checked.
-    #[arg(long, env = "LOADGEN_TLS_INSECURE", help_heading = "TLS")]
+    #[arg(
+        long,
+        env = "LOADGEN_TLS_INSECURE",
+        conflicts_with = "tls_ca",
+        help_heading = "TLS"
+    )]
     pub tls_insecure: bool,
 
     /// Server name sent in SNI and checked against the certificate [default: the

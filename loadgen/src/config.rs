@@ -831,6 +831,11 @@ mod tests {
             let err = cli(&flags).unwrap_err();
             assert!(err.contains(want), "{flags:?}: {err}");
         }
+        let err = cli(&["--tls", "starttls", "--tls-insecure", "--tls-ca", "x"]).unwrap_err();
+        assert!(
+            err.contains("'--tls-insecure' cannot be used with"),
+            "{err}"
+        );
         let err = cli(&["--tls", "starttls", "--tls-ca", &path(&empty)]).unwrap_err();
         assert!(err.ends_with("empty.pem holds no PEM certificate"), "{err}");
     }
