@@ -186,6 +186,34 @@ async fn a_server_without_starttls_fails_the_message_and_gets_no_plaintext_mail(
 }
 
 #[tokio::test]
+async fn a_reply_injected_before_the_handshake_fails_the_message() {
+    let pki = TestPki::new();
+    let server = TestServer::start_options(tls_server(ServerTls {
+        inject_after_starttls: true,
+        ..ServerTls::starttls(&pki)
+    }))
+    .await;
+    let r = run(config(
+        &[server.addr],
+        &[
+            "--messages",
+            "2",
+            "--workers",
+            "1",
+            "--tls",
+            "starttls",
+            "--tls-ca",
+            pki.ca_path(),
+            "--no-preflight",
+        ],
+    ))
+    .await;
+    let m = &r.metrics;
+    assert_eq!(m.error_breakdown.get("protocol:tls"), Some(&2), "{m:?}");
+    assert_eq!(server.seen.mails.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_stalled_handshake_is_a_tls_timeout() {
     let pki = TestPki::new();
     for (mode, tls) in [

@@ -100,6 +100,9 @@ pub struct ServerTls {
     pub offer_starttls: bool,
     /// Never answer the ClientHello: hold the connection for [`HOLD`].
     pub stall_handshake: bool,
+    /// Send a plaintext line right behind the 220 to STARTTLS, in the same
+    /// write, as a man in the middle injecting a reply would (RFC 3207 5).
+    pub inject_after_starttls: bool,
 }
 
 impl ServerTls {
@@ -109,6 +112,7 @@ impl ServerTls {
             implicit: false,
             offer_starttls: true,
             stall_handshake: false,
+            inject_after_starttls: false,
         }
     }
 
@@ -386,7 +390,15 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             ehlo.push_str("250 SIZE 104857600\r\n");
             r.write_all(ehlo.as_bytes()).await?;
             continue;
-        } else if cmd.starts_with("STARTTLS") && !secure && o.tls.is_some() {
+        } else if cmd.starts_with("STARTTLS")
+            && !secure
+            && let Some(tls) = &o.tls
+        {
+            if tls.inject_after_starttls {
+                r.write_all(b"220 go ahead\r\n250 injected\r\n").await?;
+                r.flush().await?;
+                return Ok(Next::Done);
+            }
             r.write_all(b"220 go ahead\r\n").await?;
             r.flush().await?;
             return Ok(Next::StartTls(r));
