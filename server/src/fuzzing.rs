@@ -304,6 +304,7 @@ pub(crate) fn shared(config: Config, memory: Arc<MemoryBudget>) -> Arc<Shared> {
         shutdown: Shutdown::default(),
         started: std::time::Instant::now(),
         config,
+        tls: None,
     })
 }
 

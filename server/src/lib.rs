@@ -10,6 +10,7 @@
 //!   - `admission`: memory, connection and rate limits before any session exists;
 //! - `session`: one connection: an I/O-free state machine (`Dialogue`) speaking
 //!   `protocol`, fed by the `input` buffer, reading message content through `data`;
+//!   on any stream, plaintext or `tls` (STARTTLS, the implicit TLS port);
 //! - `memory`: the process memory budget; `store`: what happens to a message;
 //! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
 //! - `healthcheck`: the probe behind `smtp-server healthcheck`;
@@ -45,6 +46,7 @@ mod metrics;
 mod protocol;
 mod session;
 mod store;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +90,8 @@ pub struct Shared {
     pub store: Store,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// The TLS setup, when a certificate is configured.
+    pub(crate) tls: Option<tls::Tls>,
 }
 
 /// Memory figures in [`Stats`].
@@ -132,6 +136,18 @@ pub struct Stats {
     pub bytes_received: u64,
     pub memory: MemoryStats,
     pub rate_limit: RateLimitStats,
+    pub tls: TlsStats,
+    /// AUTH attempts by result (`success`, `failure`, `malformed`, `blocked`).
+    pub auth: BTreeMap<String, u64>,
+}
+
+/// TLS figures in [`Stats`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TlsStats {
+    /// Handshakes by result (`ok`, `failed`, `timeout`).
+    pub handshakes: BTreeMap<String, u64>,
+    /// Established sessions by protocol version (`TLSv1.2`, `TLSv1.3`).
+    pub versions: BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -173,6 +189,11 @@ impl Shared {
                 max_requests_per_window_per_ip: self.config.max_requests_per_window_per_ip,
                 tracked_peers: self.admission.rate_limited_peers(),
             },
+            tls: TlsStats {
+                handshakes: Metrics::by_result(&m.tls_handshakes, &metrics::tls_handshake::ALL),
+                versions: m.by_version(),
+            },
+            auth: Metrics::by_result(&m.auth_attempts, &metrics::auth_attempt::ALL),
         }
     }
 }
@@ -182,6 +203,7 @@ impl Shared {
 pub struct RunningServer {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
+    implicit_tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     supervisor: JoinHandle<()>,
 }
@@ -190,6 +212,16 @@ impl RunningServer {
     /// The address the SMTP listener is bound to (with the real port when 0 was asked).
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp_addr
+    }
+
+    /// The implicit TLS listener's address, `None` when there is none.
+    pub fn implicit_tls_addr(&self) -> Option<SocketAddr> {
+        self.implicit_tls_addr
+    }
+
+    /// SHA-256 (hex) of the certificate served, `None` without TLS.
+    pub fn tls_certificate_sha256(&self) -> Option<&str> {
+        self.shared.tls.as_ref().map(|t| t.fingerprint.as_str())
     }
 
     /// The admin listener's address, `None` when disabled.
@@ -232,11 +264,31 @@ impl RunningServer {
 
 /// Binds the SMTP listener (and the admin listener when enabled), starts serving and
 /// returns at once.
+///
+/// A configuration error (including an unusable certificate, key or users file) is
+/// returned as a [`ConfigError`] inside the `anyhow::Error`, for the caller to tell it
+/// from a runtime failure.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
-    let smtp_listener = listener::bind(config.smtp_listen_addr(), config.listen_backlog)
-        .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
+    let tls = tls::Tls::from_config(&config)?;
+    if let Some(tls) = &tls {
+        tracing::info!(tls_certificate_sha256 = %tls.fingerprint, "TLS certificate");
+    }
+    let smtp_listener = listener::bind(
+        config.smtp_listen_addr(),
+        config.listen_backlog,
+        listener::Port::Smtp,
+    )
+    .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
     let smtp_addr = smtp_listener.local_addr()?;
+    let mut listeners = vec![smtp_listener];
+    let mut implicit_tls_addr = None;
+    if let Some(addr) = config.implicit_tls_listen_addr() {
+        let bound = listener::bind(addr, config.listen_backlog, listener::Port::ImplicitTls)
+            .with_context(|| format!("cannot bind the implicit TLS listener on {addr}"))?;
+        implicit_tls_addr = Some(bound.local_addr()?);
+        listeners.push(bound);
+    }
     let admin_listener = match config.admin_listen_addr() {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -266,12 +318,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown: Shutdown::default(),
         started: Instant::now(),
         config,
+        tls,
     });
     shared.refresh_gauges();
 
     let sessions = TaskTracker::new();
     let mut accept_loop = listener::spawn(
-        smtp_listener,
+        listeners,
         shared.clone(),
         sessions.clone(),
         tokio::runtime::Handle::current(),
@@ -312,6 +365,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         shared,
         smtp_addr,
+        implicit_tls_addr,
         admin_addr,
         supervisor,
     })

@@ -111,6 +111,11 @@ fn main() -> ExitCode {
     };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        // A certificate, key or users file that cannot be used is found at start.
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("smtp-server: {e:#}");
+            ExitCode::from(BAD_CONFIG)
+        }
         Err(e) => {
             eprintln!("smtp-server: {e:#}");
             ExitCode::FAILURE
@@ -172,8 +177,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin = running
         .admin_addr()
         .map_or_else(|| "disabled".to_string(), |a| a.to_string());
+    let implicit_tls = running
+        .implicit_tls_addr()
+        .map_or_else(|| "disabled".to_string(), |a| a.to_string());
     tracing::info!(
         smtp_addr = %running.smtp_addr(),
+        implicit_tls_addr = %implicit_tls,
         admin_addr = %admin,
         "smtp-server listening"
     );

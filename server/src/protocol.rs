@@ -37,8 +37,10 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    /// RFC 3207.
+    StartTls,
     /// A registered SMTP command that this server does not implement (EXPN, BDAT,
-    /// AUTH, STARTTLS, ...): answered 502.
+    /// ...): answered 502.
     NotImplemented(&'static str),
 }
 
@@ -202,6 +204,7 @@ fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
         Request::Quit => Command::Quit,
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Help { .. } => Command::Help,
+        Request::StartTls => Command::StartTls,
         other => Command::NotImplemented(other.name()),
     })
 }
@@ -355,6 +358,52 @@ impl Reply {
     pub fn shutting_down() -> Self {
         Self::new(421, "4.3.2", "Server shutting down; closing connection")
     }
+    /// RFC 3207 4: the client starts its handshake after this.
+    pub fn ready_to_start_tls() -> Self {
+        Self::new(220, "2.0.0", "Ready to start TLS")
+    }
+    /// RFC 3207 4: a server that requires TLS answers other commands so.
+    pub fn tls_required() -> Self {
+        Self::new(530, "5.7.0", "Must issue a STARTTLS command first")
+    }
+    /// RFC 4954 6.
+    pub fn auth_required() -> Self {
+        Self::new(530, "5.7.0", "Authentication required")
+    }
+    /// RFC 4954 6.
+    pub fn encryption_required() -> Self {
+        Self::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    pub fn auth_succeeded() -> Self {
+        Self::new(235, "2.7.0", "Authentication successful")
+    }
+    pub fn auth_invalid() -> Self {
+        Self::new(535, "5.7.8", "Authentication credentials invalid")
+    }
+    pub fn auth_malformed() -> Self {
+        Self::new(501, "5.5.2", "Cannot decode the authentication data")
+    }
+    pub fn auth_cancelled() -> Self {
+        Self::new(501, "5.5.2", "Authentication cancelled")
+    }
+    pub fn auth_unknown_mechanism() -> Self {
+        Self::new(504, "5.5.4", "Unrecognized authentication type")
+    }
+    pub fn auth_blocked() -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            "Too many authentication failures; closing connection",
+        )
+    }
+    /// A SASL challenge (RFC 4954 4): `334` and base64 text, no status code.
+    pub fn sasl_challenge(base64: &'static str) -> Self {
+        Self::new(334, "", base64)
+    }
 }
 
 fn write_line(
@@ -393,6 +442,10 @@ pub enum Response {
     Ehlo {
         greeting: String,
         max_message_size: u64,
+        /// STARTTLS is offered (TLS configured and not yet active).
+        starttls: bool,
+        /// AUTH PLAIN LOGIN is offered.
+        auth: bool,
     },
 }
 
@@ -401,6 +454,25 @@ impl Response {
         Response::Ehlo {
             greeting: format!("{domain} greets {client}"),
             max_message_size,
+            starttls: false,
+            auth: false,
+        }
+    }
+
+    /// The EHLO reply with STARTTLS and AUTH offered as given (no effect on others).
+    pub fn offering(self, offer_starttls: bool, offer_auth: bool) -> Self {
+        match self {
+            Response::Ehlo {
+                greeting,
+                max_message_size,
+                ..
+            } => Response::Ehlo {
+                greeting,
+                max_message_size,
+                starttls: offer_starttls,
+                auth: offer_auth,
+            },
+            other => other,
         }
     }
 
@@ -419,17 +491,25 @@ impl Response {
             Response::Ehlo {
                 greeting,
                 max_message_size,
+                starttls,
+                auth,
             } => {
                 let size = format!("SIZE {max_message_size}");
-                let lines = [
+                let mut lines = vec![
                     greeting.as_str(),
                     "PIPELINING",
                     &size,
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
                     "SMTPUTF8",
-                    "HELP",
                 ];
+                if *starttls {
+                    lines.push("STARTTLS");
+                }
+                if *auth {
+                    lines.push("AUTH PLAIN LOGIN");
+                }
+                lines.push("HELP");
                 let last = lines.len() - 1;
                 for (i, line) in lines.iter().enumerate() {
                     let sep = if i == last { ' ' } else { '-' };
@@ -572,5 +652,15 @@ mod tests {
         assert!(text.contains("250-SIZE 100\r\n"));
         assert!(text.contains("250-PIPELINING\r\n"));
         assert!(text.ends_with("250 HELP\r\n"));
+        assert!(!text.contains("STARTTLS") && !text.contains("AUTH"));
+        let mut out = Vec::new();
+        Response::ehlo("mx", "client", 100)
+            .offering(true, true)
+            .write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n"),
+            "{text}"
+        );
     }
 }

@@ -84,6 +84,10 @@ enum MessageRefusal {
 pub enum Then {
     Continue,
     Close(SessionEnd),
+    /// Start a TLS handshake; input already buffered after the command is discarded
+    /// (RFC 3207 4.2: nothing sent before the handshake may act after it), then
+    /// [`Dialogue::tls_started`].
+    StartTls,
 }
 
 /// The answer to one command or message: what to send, and whether the session goes
@@ -146,6 +150,9 @@ pub struct Dialogue {
     state: State,
     /// Messages accepted so far.
     messages: u64,
+    /// TLS is up on this connection (after STARTTLS, or from the start on the implicit
+    /// TLS port).
+    tls_active: bool,
 }
 
 impl Dialogue {
@@ -155,7 +162,21 @@ impl Dialogue {
             peer,
             state: State::Greeting,
             messages: 0,
+            tls_active: false,
         }
+    }
+
+    /// TLS is now up: the dialogue starts over, as RFC 3207 4.2 requires ("the server
+    /// MUST discard any knowledge obtained from the client ... not obtained from the
+    /// TLS negotiation itself"): the client must say EHLO again.
+    pub fn tls_started(&mut self) {
+        self.state = State::Greeting;
+        self.tls_active = true;
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// The banner sent on connect.
@@ -235,11 +256,11 @@ impl Dialogue {
         match command {
             Command::Ehlo { host } => {
                 self.state = State::Ready;
-                Outcome::reply(Response::ehlo(
-                    &config.domain,
-                    &host,
-                    config.max_message_size,
-                ))
+                let starttls = self.shared.tls.is_some() && !self.tls_active;
+                Outcome::reply(
+                    Response::ehlo(&config.domain, &host, config.max_message_size)
+                        .offering(starttls, false),
+                )
             }
             Command::Helo { host } => {
                 self.state = State::Ready;
@@ -262,7 +283,25 @@ impl Dialogue {
             Command::Quit => Outcome::close(Reply::bye(), SessionEnd::Quit),
             Command::Vrfy => Outcome::reply(Reply::vrfy()),
             Command::Help => Outcome::reply(Reply::help()),
+            Command::StartTls => self.start_tls(),
             Command::NotImplemented(name) => Outcome::reply(Reply::not_implemented(name)),
+        }
+    }
+
+    /// STARTTLS: offered once, outside a transaction, when a certificate is configured.
+    fn start_tls(&mut self) -> Outcome {
+        if self.shared.tls.is_none() {
+            return Outcome::reply(Reply::not_implemented("STARTTLS"));
+        }
+        if self.tls_active {
+            return Outcome::reply(Reply::bad_sequence("TLS already active"));
+        }
+        if self.in_transaction() {
+            return Outcome::reply(Reply::bad_sequence("Mail transaction in progress"));
+        }
+        Outcome {
+            response: Reply::ready_to_start_tls().into(),
+            then: Then::StartTls,
         }
     }
 
@@ -278,6 +317,9 @@ impl Dialogue {
         }
         if shared.shutdown.draining.is_cancelled() {
             return Outcome::close(Reply::shutting_down(), SessionEnd::Shutdown);
+        }
+        if shared.config.require_tls && !self.tls_active {
+            return Outcome::reply(Reply::tls_required());
         }
         if size.is_some_and(|s| s > shared.config.max_message_size) {
             shared.metrics.reject_message(message_rejection::SIZE);
