@@ -33,6 +33,7 @@
 
 mod admin;
 mod admission;
+pub mod auth;
 mod config;
 mod data;
 #[doc(hidden)]
