@@ -15,7 +15,7 @@ mod credentials;
 mod guard;
 mod sasl;
 
-pub use credentials::{Credentials, CredentialsError, hash_password};
+pub use credentials::{Credentials, CredentialsError, LineProblem, hash_password};
 pub use guard::FailureGuard;
 pub use sasl::{
     LOGIN_PASSWORD_CHALLENGE, LOGIN_USER_CHALLENGE, Mechanism, PlainCredentials, SaslError,
