@@ -34,6 +34,7 @@
 
 mod admin;
 mod admission;
+pub mod auth;
 mod config;
 mod data;
 #[doc(hidden)]
