@@ -629,6 +629,14 @@ impl Config {
                 "needs auth_users",
             ));
         }
+        if self.auth_users.is_some() && !self.tls_enabled() && !self.auth_allow_plaintext {
+            return Err(needs(
+                "auth_users",
+                path(&self.auth_users),
+                "AUTH is offered only under TLS: set tls_cert and tls_key or tls_self_signed, \
+                 or auth_allow_plaintext",
+            ));
+        }
         Ok(())
     }
 

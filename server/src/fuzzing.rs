@@ -303,8 +303,13 @@ pub(crate) fn shared(config: Config, memory: Arc<MemoryBudget>) -> Arc<Shared> {
         memory,
         shutdown: Shutdown::default(),
         started: std::time::Instant::now(),
+        auth_guard: crate::auth::FailureGuard::new(
+            config.auth_max_failures,
+            config.auth_failure_window,
+        ),
         config,
         tls: None,
+        credentials: None,
     })
 }
 
@@ -353,6 +358,11 @@ fn run_session<'a>(
                     };
                     delivered.push((message.mail_from, message.rcpt_to, message.data));
                     dialogue.stored(receipt, result)
+                }
+                // No users file in these runs: AUTH is answered 502 before any check.
+                Step::Verify(verification) => {
+                    let (user, ok) = verification.check();
+                    dialogue.verified(user, ok)
                 }
             };
             outcome.response.write_to(&mut output);

@@ -93,6 +93,10 @@ pub struct Shared {
     pub started: Instant,
     /// The TLS setup, when a certificate is configured.
     pub(crate) tls: Option<tls::Tls>,
+    /// The users file, when AUTH is configured.
+    pub(crate) credentials: Option<Arc<auth::Credentials>>,
+    /// Failed AUTH attempts per address, shared by every session.
+    pub(crate) auth_guard: auth::FailureGuard,
 }
 
 /// Memory figures in [`Stats`].
@@ -272,6 +276,7 @@ impl RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let tls = tls::Tls::from_config(&config)?;
+    let credentials = load_credentials(&config)?;
     if let Some(tls) = &tls {
         tracing::info!(tls_certificate_sha256 = %tls.fingerprint, "TLS certificate");
     }
@@ -318,8 +323,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store,
         shutdown: Shutdown::default(),
         started: Instant::now(),
+        auth_guard: auth::FailureGuard::new(config.auth_max_failures, config.auth_failure_window),
         config,
         tls,
+        credentials,
     });
     shared.refresh_gauges();
 
@@ -372,6 +379,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
+/// Reads `auth_users`, when set; an unusable file is a configuration error naming the
+/// file and line.
+fn load_credentials(config: &Config) -> Result<Option<Arc<auth::Credentials>>, ConfigError> {
+    let Some(path) = &config.auth_users else {
+        return Ok(None);
+    };
+    let credentials = auth::Credentials::load(path).map_err(|e| ConfigError::KeyFile {
+        key: "auth_users".into(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(users = credentials.len(), file = %path.display(), "AUTH users loaded");
+    Ok(Some(Arc::new(credentials)))
+}
+
 /// Writes the admin address to `admin_addr_file` when the port was picked by the
 /// system (`admin_port = auto`), the one case where a health check cannot know it.
 fn publish_admin_addr(
@@ -398,6 +419,7 @@ async fn monitor(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {
                 shared.memory.sample_rss();
                 shared.admission.housekeeping();
+                shared.auth_guard.housekeeping();
                 shared.refresh_gauges();
             }
         }

@@ -8,7 +8,12 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use smtp_proto::{Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8,
+    Request,
+};
+
+use crate::auth::Mechanism;
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including the CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -39,6 +44,12 @@ pub enum Command {
     Help,
     /// RFC 3207.
     StartTls,
+    /// RFC 4954: `None` for a mechanism this server does not implement; the initial
+    /// response as sent (base64, `=` for an empty one), if any.
+    Auth {
+        mechanism: Option<Mechanism>,
+        initial_response: Option<String>,
+    },
     /// A registered SMTP command that this server does not implement (EXPN, BDAT,
     /// ...): answered 502.
     NotImplemented(&'static str),
@@ -205,6 +216,17 @@ fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Help { .. } => Command::Help,
         Request::StartTls => Command::StartTls,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Command::Auth {
+            mechanism: match mechanism {
+                AUTH_PLAIN => Some(Mechanism::Plain),
+                AUTH_LOGIN => Some(Mechanism::Login),
+                _ => None,
+            },
+            initial_response: (!initial_response.is_empty()).then(|| initial_response.into()),
+        },
         other => Command::NotImplemented(other.name()),
     })
 }
@@ -573,6 +595,36 @@ mod tests {
             parse_command(b"RCPT TO:<user@[not.an.ip]>\r\n"),
             Err(CommandError::BadRecipient)
         );
+    }
+
+    #[test]
+    fn auth_commands_parse_into_mechanism_and_initial_response() {
+        let auth = |mechanism, initial: Option<&str>| {
+            Ok(Command::Auth {
+                mechanism,
+                initial_response: initial.map(String::from),
+            })
+        };
+        let rows: [(&[u8], Result<Command, CommandError>); 6] = [
+            (b"AUTH PLAIN\r\n", auth(Some(Mechanism::Plain), None)),
+            (
+                b"auth plain AGEAYg==\r\n",
+                auth(Some(Mechanism::Plain), Some("AGEAYg==")),
+            ),
+            (
+                b"AUTH LOGIN dXNlcg==\r\n",
+                auth(Some(Mechanism::Login), Some("dXNlcg==")),
+            ),
+            (b"AUTH PLAIN =\r\n", auth(Some(Mechanism::Plain), Some("="))),
+            (b"AUTH CRAM-MD5\r\n", auth(None, None)),
+            (
+                b"AUTH\r\n",
+                Err(CommandError::Syntax("AUTH mechanism [initial-response]")),
+            ),
+        ];
+        for (line, expected) in rows {
+            assert_eq!(parse_command(line), expected, "{line:?}");
+        }
     }
 
     #[test]

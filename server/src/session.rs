@@ -44,6 +44,8 @@ pub enum SessionEnd {
     HandshakeTimeout,
     Shutdown,
     IoError,
+    /// Too many failed AUTH attempts from the peer's address.
+    AuthFailures,
     /// The TLS handshake failed (not TLS, bad record, unsupported offer).
     TlsFailed,
     /// The TLS handshake took longer than `tls_handshake_timeout`.
@@ -60,6 +62,7 @@ impl SessionEnd {
             SessionEnd::HandshakeTimeout => session_end::HANDSHAKE_TIMEOUT,
             SessionEnd::Shutdown => session_end::SHUTDOWN,
             SessionEnd::IoError => "io_error",
+            SessionEnd::AuthFailures => session_end::AUTH_FAILURES,
             SessionEnd::TlsFailed => "tls_handshake_failed",
             SessionEnd::TlsTimeout => "tls_handshake_timeout",
         }
@@ -72,6 +75,7 @@ impl SessionEnd {
             SessionEnd::SessionTimeout => Some(Reply::session_timeout()),
             SessionEnd::HandshakeTimeout => Some(Reply::handshake_timeout()),
             SessionEnd::Shutdown => Some(Reply::shutting_down()),
+            SessionEnd::AuthFailures => Some(Reply::auth_blocked()),
             _ => None,
         }
     }
@@ -337,6 +341,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Step::Deliver(Delivery { message, receipt }) => {
                     let result = core.shared.store.store(message).await;
                     core.dialogue.stored(receipt, result)
+                }
+                Step::Verify(verification) => {
+                    let user = verification.user.clone();
+                    // argon2 is milliseconds of CPU: never on an async worker thread.
+                    let (user, ok) = tokio::task::spawn_blocking(move || verification.check())
+                        .await
+                        .unwrap_or((user, false));
+                    core.dialogue.verified(user, ok)
                 }
             };
             outcome.response.write_to(&mut core.output);

@@ -455,7 +455,10 @@ fn unusable_tls_and_auth_settings_are_configuration_errors_naming_the_key() {
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let not_pem = not_pem.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 7] = [
+    let users = dir.path().join("users");
+    std::fs::write(&users, "# users\nalice:secret\nbob\n").unwrap();
+    let users = users.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 9] = [
         (&["--require-tls"], &["require_tls", "tls_cert"]),
         (&["--tls-cert", not_pem], &["tls_cert", "tls_key"]),
         (
@@ -471,6 +474,14 @@ fn unusable_tls_and_auth_settings_are_configuration_errors_naming_the_key() {
         (
             &["--tls-ca-out", not_pem],
             &["tls_ca_out", "tls_self_signed"],
+        ),
+        (
+            &["--auth-users", users],
+            &["auth_users", "auth_allow_plaintext"],
+        ),
+        (
+            &["--auth-users", users, "--tls-self-signed"],
+            &["auth_users", "users:3"],
         ),
     ];
     for (args, says) in cases {
@@ -520,4 +531,43 @@ async fn a_self_signed_server_logs_its_fingerprint_and_implicit_tls_address() {
     // SMTP_REQUIRE_TLS=true took effect.
     let mut c = Client::ready(server.smtp).await;
     c.cmd("MAIL FROM:<a@b.example>").await.assert(530, "5.7.0");
+}
+
+/// `hash-password` prints a PHC string that the users file accepts, and a server
+/// started with it authenticates the password.
+#[tokio::test]
+async fn hash_password_output_works_in_the_users_file() {
+    use std::io::Write;
+    let mut child = command(&["hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("s3cret"), "{hash}");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, format!("carol:{hash}\n")).unwrap();
+    let server = common::start_with(move |c| {
+        c.auth_users = Some(users);
+        c.auth_allow_plaintext = true;
+    })
+    .await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    use base64::Engine;
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0carol\0s3cret pass");
+    c.cmd(&format!("AUTH PLAIN {plain}"))
+        .await
+        .assert(235, "2.7.0");
+    common::stop(server).await;
 }
