@@ -167,18 +167,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let Session { stream, mut core } = session;
     match core.secure(stream).await {
-        Ok(stream) => {
-            let mut session = Session { stream, core };
-            let stop = match session.run().await {
-                // The dialogue refuses a second STARTTLS.
-                Stop::StartTls => Stop::End {
-                    end: SessionEnd::IoError,
-                    replied: true,
-                },
-                stop => stop,
-            };
-            session.close(stop).await
-        }
+        Ok(stream) => run_to_end(stream, core).await,
         Err(end) => handshake_failed(peer, end, &core),
     }
 }
@@ -191,13 +180,20 @@ pub async fn serve_implicit_tls<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
 ) -> (SessionEnd, u64) {
     let mut core = Core::new(peer, shared);
-    let stream = match core.secure(stream).await {
-        Ok(stream) => stream,
-        Err(end) => return handshake_failed(peer, end, &core),
-    };
-    core.dialogue.greeting().write_to(&mut core.output);
+    match core.secure(stream).await {
+        Ok(stream) => {
+            core.dialogue.greeting().write_to(&mut core.output);
+            run_to_end(stream, core).await
+        }
+        Err(end) => handshake_failed(peer, end, &core),
+    }
+}
+
+/// Runs a session on a TLS stream to its end.
+async fn run_to_end<S: AsyncRead + AsyncWrite + Unpin>(stream: S, core: Core) -> (SessionEnd, u64) {
     let mut session = Session { stream, core };
     let stop = match session.run().await {
+        // Cannot happen: the dialogue refuses STARTTLS once TLS is active.
         Stop::StartTls => Stop::End {
             end: SessionEnd::IoError,
             replied: true,
@@ -214,6 +210,7 @@ fn handshake_failed(peer: SocketAddr, end: SessionEnd, core: &Core) -> (SessionE
     (end, core.dialogue.messages())
 }
 
+/// A session on one stream: plaintext `TcpStream`, or `TlsStream` over it.
 pub struct Session<S> {
     stream: S,
     core: Core,
