@@ -10,7 +10,8 @@
 //!   - `admission`: memory, connection and rate limits before any session exists;
 //! - `session`: one connection: an I/O-free state machine (`Dialogue`) speaking
 //!   `protocol`, fed by the `input` buffer, reading message content through `data`;
-//!   on any stream, plaintext or `tls` (STARTTLS, the implicit TLS port);
+//!   on any stream, plaintext or `tls` (STARTTLS, the implicit TLS port); AUTH's
+//!   users file, SASL decoding and brute-force guard are in `auth`;
 //! - `memory`: the process memory budget; `store`: what happens to a message;
 //! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
 //! - `healthcheck`: the probe behind `smtp-server healthcheck`;

@@ -339,8 +339,9 @@ impl Dialogue {
             Command::Vrfy => Outcome::reply(Reply::vrfy()),
             Command::Help => Outcome::reply(Reply::help()),
             Command::StartTls => self.start_tls(),
-            // Answered by `auth`, which may need a password check first.
-            Command::Auth { .. } => Outcome::reply(Reply::not_implemented("AUTH")),
+            // Not reached: `next_command` hands AUTH to `auth`, whose answer may first
+            // need a password check (a `Step`, not an `Outcome`).
+            Command::Auth { .. } => Outcome::reply(Reply::bad_sequence("AUTH out of sequence")),
             Command::NotImplemented(name) => Outcome::reply(Reply::not_implemented(name)),
         }
     }
