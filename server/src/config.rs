@@ -1087,6 +1087,58 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_auth_keys_load_from_their_sections_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ntls_self_signed = true\nimplicit_tls_port = 465\nrequire_tls = true\n\
+             tls_handshake_timeout = \"3s\"\n[auth]\nauth_users = \"users\"\n\
+             auth_max_failures = 3\nauth_failure_window = \"1m\"\n",
+        )
+        .unwrap();
+        let matches = args(&["--require-auth", "--implicit-tls-port", "0"]).unwrap();
+        let c = Config::load(Some(&path), &matches).unwrap();
+        assert!(c.tls_self_signed && c.require_tls && c.require_auth);
+        assert_eq!(c.implicit_tls_port, Some(0));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.auth_users, Some(PathBuf::from("users")));
+        assert_eq!(
+            (c.auth_max_failures, c.auth_failure_window),
+            (3, Duration::from_secs(60))
+        );
+        // A flag set to false beats the file.
+        let c = Config::load(Some(&path), &args(&["--require-tls=false"]).unwrap()).unwrap();
+        assert!(!c.require_tls);
+        let err = load_file_value("tls", "auth_users", "\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[auth]"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_auth_keys_that_cannot_work_together_are_refused_naming_the_key() {
+        let rows: [(&[&str], &str); 6] = [
+            (&["--tls-key", "k.pem"], "tls_key"),
+            (
+                &["--tls-self-signed", "--tls-cert", "c", "--tls-key", "k"],
+                "tls_self_signed",
+            ),
+            (&["--require-tls"], "require_tls"),
+            (&["--auth-allow-plaintext"], "auth_allow_plaintext"),
+            (&["--auth-max-failures", "0"], "auth_max_failures"),
+            (
+                &["--tls-self-signed", "--tls-handshake-timeout", "0s"],
+                "tls_handshake_timeout",
+            ),
+        ];
+        for (flags, key) in rows {
+            let err = load_args(flags).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
     fn warning_above_critical_is_rejected() {
         let err = load_args(&["--memory-warning-threshold", "0.95"])
             .unwrap_err()
