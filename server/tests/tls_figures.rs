@@ -1,14 +1,17 @@
-//! What an idle TLS connection costs the server process: a measurement, run by hand
-//! in a release build (it opens 2,000 connections):
+//! What TLS costs the server process: measurements, run by hand in a release build
+//! (they open thousands of connections):
 //!
 //! ```text
-//! cargo test --release -p server --test tls_memory -- --ignored --nocapture
+//! cargo test --release -p server --test tls_figures -- --ignored --nocapture --test-threads 1
 //! ```
 //!
 //! The server runs as its own process (the `smtp-server` binary), so that the
-//! client's TLS state is not in the figure; its RSS is read from /proc before and
-//! after `IDLE_CONNECTIONS` connections have each finished a handshake and an EHLO
-//! and then stay idle. Target (issue 10): under 64 KiB per connection.
+//! client's TLS work is not in the figures; its RSS and CPU time are read from /proc.
+//! - `rss_per_idle_tls_connection`: RSS before and after `IDLE_CONNECTIONS`
+//!   connections have each finished a handshake and an EHLO and then stay idle.
+//!   Target (issue 10): under 64 KiB per connection.
+//! - `server_cpu_per_10k_handshakes`: server CPU time for connect + handshake +
+//!   banner + QUIT, full handshakes and resumed ones, minus the same without TLS.
 
 mod common;
 
@@ -107,6 +110,76 @@ async fn settled_rss(pid: u32) -> u64 {
         last = now;
     }
     last
+}
+
+/// The process's user + system CPU time so far, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
+}
+
+const HANDSHAKES: usize = 4000;
+const CLIENTS: usize = 20;
+
+/// Server CPU seconds for `HANDSHAKES` connections (20 clients at a time), each
+/// connect, handshake (unless `connector` is `None`), banner, QUIT.
+async fn server_cpu_for_connections(
+    pid: u32,
+    addr: SocketAddr,
+    connector: Option<tokio_rustls::TlsConnector>,
+) -> f64 {
+    let before = cpu_seconds(pid);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let connector = connector.clone();
+        clients.spawn(async move {
+            for _ in 0..HANDSHAKES / CLIENTS {
+                let mut c = match &connector {
+                    Some(connector) => Client::connect_tls(addr, connector).await.0,
+                    None => Client::connect(addr).await,
+                };
+                c.reply().await.assert(220, "");
+                c.cmd("QUIT").await.assert(221, "2.0.0");
+                assert!(c.is_closed().await);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("client task");
+    }
+    cpu_seconds(pid) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand in release mode"]
+async fn server_cpu_per_10k_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let server = spawn_server(&ca);
+    let pid = server.child.id();
+    let resuming = connector(&ca);
+    let mut full = common::tls::client_config(&ca, rustls::DEFAULT_VERSIONS);
+    full.resumption = rustls::client::Resumption::disabled();
+    let full = tokio_rustls::TlsConnector::from(std::sync::Arc::new(full));
+    let plain = server_cpu_for_connections(pid, server.smtp, None).await;
+    let full = server_cpu_for_connections(pid, server.implicit, Some(full)).await;
+    let resumed = server_cpu_for_connections(pid, server.implicit, Some(resuming)).await;
+    let per_10k = |cpu: f64| (cpu - plain) * 10_000.0 / HANDSHAKES as f64;
+    println!(
+        "server CPU for {HANDSHAKES} connections: plaintext {plain:.2}s, full TLS 1.3 handshakes {full:.2}s, resumed {resumed:.2}s"
+    );
+    println!(
+        "server CPU per 10,000 handshakes (TLS minus plaintext): full {:.2}s, resumed {:.2}s",
+        per_10k(full),
+        per_10k(resumed)
+    );
+    assert!(full > plain, "a handshake costs something");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
