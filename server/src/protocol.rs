@@ -173,14 +173,15 @@ fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
         Request::Ehlo { host } => Command::Ehlo { host: host.into() },
         Request::Helo { host } => Command::Helo { host: host.into() },
         Request::Mail { from } => {
-            // Only the extensions advertised in the EHLO reply are honoured.
+            // Only the extensions advertised in the EHLO reply are honoured. `AUTH=`
+            // (RFC 4954 5) is accepted and ignored, which the RFC allows ("treat it as
+            // <>"): a client that authenticated may send it on every MAIL.
             const HONOURED: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
             let unsupported = from.flags & !HONOURED != 0
                 || from.trans_id.is_some()
                 || from.env_id.is_some()
                 || from.solicit.is_some()
                 || from.mtrk.is_some()
-                || from.auth.is_some()
                 || from.by != 0
                 || from.hold_for != 0
                 || from.hold_until != 0
@@ -644,6 +645,17 @@ mod tests {
         assert_eq!(
             parse_command(b"EXPN list\r\n"),
             Ok(Command::NotImplemented("EXPN"))
+        );
+    }
+
+    #[test]
+    fn the_auth_parameter_of_mail_is_accepted_and_ignored() {
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> AUTH=<>\r\n"),
+            Ok(Command::Mail {
+                from: "a@b.example".into(),
+                size: None
+            })
         );
     }
 
