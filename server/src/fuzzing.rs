@@ -307,6 +307,7 @@ pub(crate) fn shared(config: Config, memory: Arc<MemoryBudget>) -> Arc<Shared> {
             config.auth_max_failures,
             config.auth_failure_window,
         ),
+        password_checks: tokio::sync::Semaphore::new(1),
         config,
         tls: None,
         credentials: None,

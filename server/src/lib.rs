@@ -98,6 +98,16 @@ pub struct Shared {
     pub(crate) credentials: Option<Arc<auth::Credentials>>,
     /// Failed AUTH attempts per address, shared by every session.
     pub(crate) auth_guard: auth::FailureGuard,
+    /// Password checks that may run at once. An argon2 check takes its hash's memory
+    /// cost (19 MiB with the defaults) and milliseconds of CPU: without a bound, a
+    /// few hundred connections sending wrong passwords at once would take gigabytes
+    /// before the failure guard blocks anyone.
+    pub(crate) password_checks: tokio::sync::Semaphore,
+}
+
+/// Concurrent password checks: one per CPU, since each one keeps a CPU busy.
+fn password_check_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Memory figures in [`Stats`].
@@ -325,6 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown: Shutdown::default(),
         started: Instant::now(),
         auth_guard: auth::FailureGuard::new(config.auth_max_failures, config.auth_failure_window),
+        password_checks: tokio::sync::Semaphore::new(password_check_slots()),
         config,
         tls,
         credentials,

@@ -32,7 +32,7 @@ use crate::metrics::session_end;
 use crate::protocol::Reply;
 use crate::tls::{self, HandshakeFailure};
 
-pub use dialogue::{Delivery, Dialogue, Step, Then};
+pub use dialogue::{Delivery, Dialogue, Step, Then, Verification};
 
 /// How a session ended (for the close log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +203,19 @@ async fn run_to_end<S: AsyncRead + AsyncWrite + Unpin>(stream: S, core: Core) ->
     session.close(stop).await
 }
 
+/// Runs a password check on the blocking pool (argon2 is milliseconds of CPU: never
+/// on an async worker thread), at most `password_checks` at a time. A check that
+/// cannot run counts as a wrong password.
+async fn check_password(shared: &Shared, verification: Verification) -> (String, bool) {
+    let user = verification.user.clone();
+    let Ok(_slot) = shared.password_checks.acquire().await else {
+        return (user, false);
+    };
+    tokio::task::spawn_blocking(move || verification.check())
+        .await
+        .unwrap_or((user, false))
+}
+
 /// After a failed handshake nothing can be said: neither plaintext nor TLS is
 /// readable by the peer any more. The connection is simply closed.
 fn handshake_failed(peer: SocketAddr, end: SessionEnd, core: &Core) -> (SessionEnd, u64) {
@@ -340,11 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     core.dialogue.stored(receipt, result)
                 }
                 Step::Verify(verification) => {
-                    let user = verification.user.clone();
-                    // argon2 is milliseconds of CPU: never on an async worker thread.
-                    let (user, ok) = tokio::task::spawn_blocking(move || verification.check())
-                        .await
-                        .unwrap_or((user, false));
+                    let (user, ok) = check_password(&core.shared, verification).await;
                     core.dialogue.verified(user, ok)
                 }
             };
