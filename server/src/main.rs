@@ -65,7 +65,7 @@ enum LogFormat {
 /// `server::Config::add_args`.
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// TOML configuration file ([server], [resources], [memory] sections).
+    /// TOML configuration file ([server], [resources], [memory], [tls], [auth] sections).
     #[arg(long, env = "SMTP_CONFIG")]
     config: Option<PathBuf>,
     /// Log format. The filter comes from RUST_LOG (default: info).
