@@ -369,7 +369,7 @@ help_run_custom="$("$ST" help | sed -n '/^  run-custom/,/^  help/p')"
 # shellcheck disable=SC2016 # the backquotes are README text
 readme_run_custom="$(grep '^| `run-custom ARGS`' README.md)"
 # The flags run_loadgen adds when they are not given.
-for flag in --servers --output --test-type --port --monitor-containers; do
+for flag in --servers --output --test-type --port --monitor-containers --tls-ca; do
     grep -q -- "$flag" <<<"$help_run_custom" || fail "help does not say that run-custom adds $flag"
     grep -q -- "$flag" <<<"$readme_run_custom" || fail "README does not say that run-custom adds $flag"
 done

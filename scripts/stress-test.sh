@@ -119,8 +119,10 @@ Verbs:
   test-all         every test above, with a cooldown between them
   run-custom ARGS  run loadgen with ARGS passed through; added when not given:
                    --servers (the running servers), --output
-                   results/<stamp>-custom.json, --test-type custom, and under
-                   Docker --port 2525 and --monitor-containers (the containers)
+                   results/<stamp>-custom.json, --test-type custom, under
+                   Docker --port 2525 and --monitor-containers (the containers),
+                   and with --tls (given before run-custom) --tls MODE and
+                   --tls-ca (the servers' CAs)
   help             this text
 
 Options (before or after the verb; after run-custom everything goes to loadgen):
