@@ -371,9 +371,9 @@ for path in sys.argv[1:]:
     tls = r.get("tls") or {}
     what = ", ".join(["%s %d" % kv for kv in (tls.get("versions") or {}).items()]
                      + ["%s %d" % kv for kv in (tls.get("cipher_suites") or {}).items()])
-    if tls:
+    if tls.get("handshakes"):
         what += ", resumed %s/%s" % (tls.get("resumed"), tls.get("handshakes"))
-    fmt = lambda v: "%.3f" % v if isinstance(v, (int, float)) else "-"
+    fmt = lambda v: "%.3f" % v if isinstance(v, (int, float)) and v > 0 else "-"
     print("%-34s %6d %6d %8.0f %10s %10s  %s" % (r["run"]["name"], m["successful_messages"],
           m["failed_messages"], m["messages_per_second"], fmt(t.get("p50")), fmt(t.get("p99")),
           what or "-"))
