@@ -13,7 +13,8 @@
 # TLS (local backend, and Docker where an engine answers): `--tls starttls test-burst
 # --messages 200` and `--tls implicit test-quick`, certificate checking on (the
 # servers' own CAs): every message succeeds over TLS, the result's `tls` key and
-# `tls` phase hold the handshakes.
+# `tls` phase hold the handshakes; a --tls test finding servers started without TLS
+# stops instead of measuring plaintext.
 # Local backend: start 5 servers, status, test-quick, logs, test-burst/-mixed
 # (--messages), test-sustained (--duration), run-custom, `test-quick --servers 3
 # --local` (options after the verb: the running servers are scaled to 3 and stay
@@ -454,6 +455,14 @@ smtp = {"127.0.0.1:%d" % (int(sys.argv[2]) + i) for i in range(2)}
 sys.exit("implicit run went to the SMTP ports: %s" % servers if smtp & set(servers) else 0)
 ' "$tls_quick" "$STAMPEDE_SMTP_BASE_PORT" || fail "the implicit run did not target the implicit-TLS ports"
 pass "the implicit run targeted the servers' implicit-TLS ports"
+# Servers started without TLS are not silently measured in plaintext by a --tls test.
+"$ST" --local --servers 1 start >/dev/null
+status=0
+mismatch="$("$ST" --local --tls starttls test-quick 2>&1)" || status=$?
+"$ST" --local stop >/dev/null
+{ ((status == 1)) && grep -q 'started without TLS' <<<"$mismatch"; } ||
+    fail "--tls starttls with servers started without TLS exited $status: $mismatch"
+pass "--tls with servers started without TLS stops: $(grep 'started without TLS' <<<"$mismatch")"
 
 step "local: test-all --cooldown 2s (shortened), ending with one table of the five"
 touch "$marker"
