@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use report::{
     Histograms, HostInfo, LatencyHistogram, LatencySummary, Metrics, RunInfo, RunResult, SCHEMA_V1,
-    ServerMetrics, TimelinePoint, decode_histogram, encode_histogram, format_timestamp,
+    ServerMetrics, TimelinePoint, TlsSummary, decode_histogram, encode_histogram, format_timestamp,
     new_latency_histogram,
 };
 
@@ -79,8 +79,28 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         timeline_bucket_s: Some(merged_bucket_s(inputs)),
         histograms: Some(sums.encode(server_hists)?),
         resources: merge_resources(inputs, &span.offsets),
+        tls: merge_tls(inputs, &mut notes),
     };
     Ok((merged, notes))
+}
+
+/// The handshakes of every input added up, when all ran over TLS in one mode;
+/// otherwise the key is left out, with a note, rather than describe half the runs.
+fn merge_tls(inputs: &[(PathBuf, RunResult)], notes: &mut Vec<String>) -> Option<TlsSummary> {
+    let all: Vec<&TlsSummary> = inputs.iter().filter_map(|(_, r)| r.tls.as_ref()).collect();
+    let first = *all.first()?;
+    if all.len() < inputs.len() || all.iter().any(|t| t.mode != first.mode) {
+        notes.push("tls dropped: not every input ran over TLS in the same mode".to_string());
+        return None;
+    }
+    let mut sum = TlsSummary {
+        mode: first.mode.clone(),
+        ..TlsSummary::default()
+    };
+    for t in all {
+        sum.add(t);
+    }
+    Some(sum)
 }
 
 /// Every input's histograms; an input without them is refused.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
-use report::{LatencySummary, PHASES, RunResult};
+use report::{LatencySummary, PHASES, RunResult, TlsSummary};
 
 use crate::catalog::{Entry, stem};
 use crate::figures::{format_ms, megabytes_per_second};
@@ -127,6 +127,9 @@ pub fn show(path: &Path, r: &RunResult) -> String {
                 .collect();
             config.push(("merged from", files.join(", ")));
         }
+        if let Some(auth) = auth_setting(&run.config) {
+            config.push(("auth", auth));
+        }
         if let Some(g) = &run.generator {
             config.push((
                 "generator use",
@@ -169,6 +172,9 @@ pub fn show(path: &Path, r: &RunResult) -> String {
         ("bytes sent", format_bytes(m.total_bytes_sent)),
     ];
     let _ = writeln!(out, "{}", key_value("performance", performance));
+    if let Some(tls) = &r.tls {
+        let _ = writeln!(out, "{}", tls_table(tls));
+    }
 
     let _ = writeln!(
         out,
@@ -217,6 +223,33 @@ fn latency_table(l: &LatencySummary, corrected: Option<&LatencySummary>) -> Tabl
         t.add_row(row);
     }
     t
+}
+
+/// `plain, 3 users`, from the run's config echo, when the run used AUTH.
+fn auth_setting(config: &serde_json::Value) -> Option<String> {
+    let auth = config.get("auth")?;
+    let mechanism = auth.get("mechanism")?.as_str()?;
+    let users = auth.get("users").and_then(|u| u.as_u64()).unwrap_or(1);
+    let plural = if users == 1 { "user" } else { "users" };
+    Some(format!("{mechanism}, {users} {plural}"))
+}
+
+/// What the run's TLS handshakes negotiated: mode, count, the share resumed,
+/// and each version and cipher suite with its share.
+fn tls_table(tls: &TlsSummary) -> Table {
+    let share = |n: u64| format!("{n} ({})", percent_of(n, tls.handshakes));
+    let mut rows = vec![
+        ("mode", tls.mode.clone()),
+        ("handshakes", tls.handshakes.to_string()),
+        ("resumed", share(tls.resumed)),
+    ];
+    for (version, n) in &tls.versions {
+        rows.push((version.as_str(), share(*n)));
+    }
+    for (suite, n) in &tls.cipher_suites {
+        rows.push((suite.as_str(), share(*n)));
+    }
+    key_value("tls", rows)
 }
 
 fn phase_table(r: &RunResult) -> Table {

@@ -192,3 +192,39 @@ fn legacy_inputs_are_refused_with_a_clear_error() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--output"), "{}", out.stderr);
 }
+
+#[test]
+fn merging_tls_runs_adds_up_their_handshakes_and_drops_a_mixed_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = whole();
+    let tls = |handshakes: u64, resumed: u64| report::TlsSummary {
+        mode: "starttls".into(),
+        versions: [("TLSv1.3".to_string(), handshakes)].into(),
+        cipher_suites: [("TLS13_AES_128_GCM_SHA256".to_string(), handshakes)].into(),
+        handshakes,
+        resumed,
+    };
+    let save = |keep: fn(usize) -> bool, host: &str, t: Option<report::TlsSummary>| {
+        let mut r = part(&whole, keep, host).build();
+        r.tls = t;
+        let path = dir.path().join(format!("{host}.json"));
+        r.save(&path).unwrap();
+        path
+    };
+    let a = save(|i| i % 3 == 0, "gen-1", Some(tls(10, 7)));
+    let b = save(|i| i % 3 == 1, "gen-2", Some(tls(30, 20)));
+    let plain = save(|i| i % 3 == 2, "gen-3", None);
+
+    let out_path = dir.path().join("tls-merged.json");
+    let out = analyze(&["merge", s(&a), s(&b), "-o", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let merged = report::load(&out_path).unwrap().tls.unwrap();
+    assert_eq!((merged.handshakes, merged.resumed), (40, 27));
+    assert_eq!(merged.versions["TLSv1.3"], 40);
+    assert_eq!(merged.mode, "starttls");
+
+    let out = analyze(&["merge", s(&a), s(&plain), "-o", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(report::load(&out_path).unwrap().tls.is_none());
+    assert!(out.stderr.contains("tls dropped"), "{}", out.stderr);
+}

@@ -41,6 +41,70 @@ fn show_prints_every_section_with_the_recorded_figures() {
 }
 
 #[test]
+fn show_prints_the_tls_summary_and_the_tls_and_auth_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Builder::burst(&spread(100, 1_000, 5_000), 1.0).build();
+    let phase = |ms: f64| report::LatencySummary {
+        avg: ms,
+        p50: ms,
+        p99: ms,
+        max: ms,
+        ..Default::default()
+    };
+    r.metrics.phases_ms.insert("tls".into(), phase(3.5));
+    r.metrics.phases_ms.insert("auth".into(), phase(1.25));
+    r.tls = Some(report::TlsSummary {
+        mode: "starttls".into(),
+        versions: [("TLSv1.3".to_string(), 80), ("TLSv1.2".to_string(), 20)].into(),
+        cipher_suites: [("TLS13_AES_128_GCM_SHA256".to_string(), 100)].into(),
+        handshakes: 100,
+        resumed: 75,
+    });
+    if let Some(run) = r.run.as_mut() {
+        run.config["auth"] = serde_json::json!({"mechanism": "plain", "users": 3});
+    }
+    let path = dir.path().join("tls.json");
+    r.save(&path).unwrap();
+    let out = analyze(&["show", s(&path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = &out.stdout;
+    assert_eq!(row(t, "mode"), ["mode", "starttls"]);
+    assert_eq!(row(t, "handshakes"), ["handshakes", "100"]);
+    assert_eq!(row(t, "resumed"), ["resumed", "75 (75.00%)"]);
+    assert_eq!(row(t, "TLSv1.3"), ["TLSv1.3", "80 (80.00%)"]);
+    assert_eq!(
+        row(t, "TLS13_AES_128_GCM_SHA256"),
+        ["TLS13_AES_128_GCM_SHA256", "100 (100.00%)"]
+    );
+    assert_eq!(row(t, "auth")[1], "plain, 3 users");
+    // The phases table (the last table naming them) lists tls and auth in
+    // protocol order, between connect and eod.
+    let cells = |l: &str| -> Vec<String> {
+        l.split(['│', '┆'])
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let last = |name: &str| {
+        t.lines()
+            .enumerate()
+            .filter(|(_, l)| cells(l).first().map(String::as_str) == Some(name))
+            .map(|(i, l)| (i, cells(l)))
+            .last()
+            .unwrap_or_else(|| panic!("no row {name:?} in\n{t}"))
+    };
+    let (tls_at, tls_row) = last("tls");
+    assert_eq!(tls_row[..3], ["tls", "3.50", "3.50"]);
+    let (auth_at, auth_row) = last("auth");
+    assert_eq!(auth_row[..2], ["auth", "1.25"]);
+    assert!(
+        last("connect").0 < tls_at && tls_at < auth_at && auth_at < last("eod").0,
+        "{t}"
+    );
+}
+
+#[test]
 fn legacy_files_are_shown_and_marked() {
     let path = prixfixe("v0.2.0-burst-small-1k.json");
     let out = analyze(&["show", s(&path)]);

@@ -19,6 +19,45 @@ pub enum ModeArg {
     Sustained,
 }
 
+/// How a session gets its TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext SMTP.
+    None,
+    /// EHLO, STARTTLS, handshake, EHLO again (RFC 3207), as on ports 25 and 587.
+    Starttls,
+    /// TLS from the first byte (RFC 8314), as on port 465.
+    Implicit,
+}
+
+/// `--tls-resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// The SASL mechanism of `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMechanism {
+    /// RFC 4616: one line, `\0user\0password` in base64, sent with AUTH.
+    Plain,
+    /// The user name and the password each in answer to a 334 challenge.
+    Login,
+}
+
+impl AuthMechanism {
+    /// The name in AUTH commands and in the EHLO keyword's list.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+        }
+    }
+}
+
 /// Stampede's SMTP load generator.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", version, about, long_about = None)]
@@ -125,4 +164,63 @@ pub struct Args {
     /// Skip the check, before the run, that every server answers with a 220 banner.
     #[arg(long, env = "LOADGEN_NO_PREFLIGHT")]
     pub no_preflight: bool,
+
+    /// TLS: none, starttls (upgrade after EHLO; a server that does not offer it
+    /// fails the message as `tls:not_offered`, never falls back to plaintext) or
+    /// implicit (TLS from connect, port 465).
+    #[arg(long, env = "LOADGEN_TLS", value_enum, default_value_t = TlsMode::None, help_heading = "TLS")]
+    pub tls: TlsMode,
+
+    /// PEM file of extra trusted CA certificates, added to the system's roots.
+    #[arg(long, env = "LOADGEN_TLS_CA", help_heading = "TLS")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Accept any server certificate (self-signed test servers); the handshake's
+    /// signatures are still checked.
+    #[arg(
+        long,
+        env = "LOADGEN_TLS_INSECURE",
+        conflicts_with = "tls_ca",
+        help_heading = "TLS"
+    )]
+    pub tls_insecure: bool,
+
+    /// Server name sent in SNI and checked against the certificate [default: the
+    /// server's host name, or its IP address when given as one].
+    #[arg(long, env = "LOADGEN_TLS_SNI", help_heading = "TLS")]
+    pub tls_sni: Option<String>,
+
+    /// Resume TLS sessions across connections, as real clients do; `off` makes
+    /// every handshake a full one.
+    #[arg(long, env = "LOADGEN_TLS_RESUME", value_enum, default_value_t = OnOff::On, help_heading = "TLS")]
+    pub tls_resume: OnOff,
+
+    /// Authenticate every connection (after TLS, if any) with this SASL mechanism;
+    /// needs --auth-user and --auth-password, or --auth-file.
+    #[arg(long, env = "LOADGEN_AUTH", value_enum, help_heading = "AUTH")]
+    pub auth: Option<AuthMechanism>,
+
+    /// User name for --auth.
+    #[arg(
+        long,
+        env = "LOADGEN_AUTH_USER",
+        conflicts_with = "auth_file",
+        help_heading = "AUTH"
+    )]
+    pub auth_user: Option<String>,
+
+    /// Password for --auth-user (the environment variable keeps it out of the
+    /// process list). Never written to the result.
+    #[arg(
+        long,
+        env = "LOADGEN_AUTH_PASSWORD",
+        hide_env_values = true,
+        help_heading = "AUTH"
+    )]
+    pub auth_password: Option<String>,
+
+    /// File of `user:password` lines (`#` comments and blank lines ignored), used
+    /// in turn, one per connection.
+    #[arg(long, env = "LOADGEN_AUTH_FILE", help_heading = "AUTH")]
+    pub auth_file: Option<PathBuf>,
 }

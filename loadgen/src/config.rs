@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{Args, ModeArg};
+use crate::auth::{Credential, read_auth_file};
+use crate::cli::{Args, AuthMechanism, ModeArg, OnOff, TlsMode};
+use crate::tls::{TlsSettings, read_ca_file, server_name};
 
 /// The four named sizes of the seed generator.
 pub const NAMED_SIZES: [(&str, u64); 4] = [
@@ -267,6 +269,24 @@ pub struct Config {
     pub preflight: bool,
     /// Runtime threads (0 = one per core).
     pub threads: usize,
+    pub tls: TlsSettings,
+    /// `--auth`, when given.
+    pub auth: Option<AuthSettings>,
+}
+
+/// How every connection authenticates. Serialized into the result without the
+/// passwords.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthSettings {
+    pub mechanism: AuthMechanism,
+    /// `--auth-user`, when the run uses one user.
+    pub user: Option<String>,
+    /// `--auth-file`, when the run rotates over its users.
+    pub file: Option<PathBuf>,
+    /// How many users the run logs in as.
+    pub users: usize,
+    #[serde(skip)]
+    pub credentials: Vec<Credential>,
 }
 
 mod secs {
@@ -354,6 +374,95 @@ fn mailbox(
     }
 }
 
+/// The `--tls*` flags, checked: the CA file read, every server's TLS name known.
+fn tls_settings(a: &Args, servers: &[ServerAddr]) -> Result<TlsSettings, ConfigError> {
+    if a.tls == TlsMode::None {
+        let stray = [
+            ("tls-ca", a.tls_ca.is_some()),
+            ("tls-insecure", a.tls_insecure),
+            ("tls-sni", a.tls_sni.is_some()),
+        ];
+        if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+            return Err(invalid(flag, "needs --tls starttls or --tls implicit"));
+        }
+    }
+    let ca_certs = match &a.tls_ca {
+        Some(path) => read_ca_file(path).map_err(|e| invalid("tls-ca", e))?,
+        None => Vec::new(),
+    };
+    let server_names = match &a.tls_sni {
+        Some(sni) => {
+            let name = server_name(sni.trim()).map_err(|e| invalid("tls-sni", e))?;
+            vec![name; servers.len()]
+        }
+        // Only checked when used: a plaintext run may name servers any way.
+        None if a.tls != TlsMode::None => servers
+            .iter()
+            .map(|s| {
+                server_name(&s.host).map_err(|e| {
+                    invalid("servers", format!("{e}: give the TLS name with --tls-sni"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(TlsSettings {
+        mode: a.tls,
+        ca: a.tls_ca.clone(),
+        insecure: a.tls_insecure,
+        sni: a.tls_sni.as_ref().map(|s| s.trim().to_string()),
+        resume: a.tls_resume == OnOff::On,
+        ca_certs,
+        server_names,
+    })
+}
+
+/// The `--auth*` flags, checked: one user with its password, or a file of them.
+fn auth_settings(a: &Args) -> Result<Option<AuthSettings>, ConfigError> {
+    let Some(mechanism) = a.auth else {
+        let stray = [
+            ("auth-user", a.auth_user.is_some()),
+            ("auth-password", a.auth_password.is_some()),
+            ("auth-file", a.auth_file.is_some()),
+        ];
+        return match stray.iter().find(|(_, given)| *given) {
+            Some((flag, _)) => Err(invalid(flag, "needs --auth plain or --auth login")),
+            None => Ok(None),
+        };
+    };
+    let credentials = match (&a.auth_user, &a.auth_password, &a.auth_file) {
+        (Some(user), Some(password), None) => {
+            vec![Credential::new(user, password).map_err(|e| invalid("auth-user", e))?]
+        }
+        (Some(_), None, None) => {
+            return Err(invalid("auth-password", "needed with --auth-user"));
+        }
+        (None, Some(_), _) => {
+            return Err(invalid("auth-password", "needs --auth-user"));
+        }
+        (None, None, Some(path)) => read_auth_file(path).map_err(|e| invalid("auth-file", e))?,
+        (Some(_), _, Some(_)) => {
+            return Err(invalid(
+                "auth-file",
+                "give either --auth-file or --auth-user, not both",
+            ));
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "auth",
+                "needs credentials: --auth-user and --auth-password, or --auth-file",
+            ));
+        }
+    };
+    Ok(Some(AuthSettings {
+        mechanism,
+        user: a.auth_user.clone(),
+        file: a.auth_file.clone(),
+        users: credentials.len(),
+        credentials,
+    }))
+}
+
 impl Config {
     /// Checks the flags. The error names the flag.
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
@@ -420,6 +529,8 @@ impl Config {
             }
         };
         let size = parse_size_spec(&a.size).map_err(|e| invalid("size", e))?;
+        let tls = tls_settings(&a, &servers)?;
+        let auth = auth_settings(&a)?;
         if a.msgs_per_conn == 0 {
             return Err(invalid("msgs-per-conn", "must be at least 1"));
         }
@@ -500,6 +611,8 @@ impl Config {
             drain_timeout,
             preflight: !a.no_preflight,
             threads: a.threads,
+            tls,
+            auth,
         })
     }
 
@@ -656,6 +769,98 @@ mod tests {
         );
         let err = cli(&["--size", "small=1,2m=1"]).unwrap_err();
         assert!(err.contains("--size") && err.contains("ambiguous"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_auth_flags_are_checked_and_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, "alice:one\nbob\n").unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let rows: Vec<(Vec<String>, &str)> = vec![
+            (vec!["--tls-insecure".into()], "--tls-insecure: needs --tls"),
+            (
+                vec![
+                    "--tls".into(),
+                    "starttls".into(),
+                    "--tls-ca".into(),
+                    path(&empty),
+                ],
+                "--tls-ca: ",
+            ),
+            (
+                vec![
+                    "--tls".into(),
+                    "implicit".into(),
+                    "--tls-sni".into(),
+                    "a b".into(),
+                ],
+                "--tls-sni: \"a b\" is neither",
+            ),
+            (
+                vec!["--auth".into(), "plain".into()],
+                "--auth: needs credentials",
+            ),
+            (
+                vec![
+                    "--auth".into(),
+                    "login".into(),
+                    "--auth-user".into(),
+                    "u".into(),
+                ],
+                "--auth-password: needed with --auth-user",
+            ),
+            (
+                vec!["--auth-user".into(), "u".into()],
+                "--auth-user: needs --auth",
+            ),
+            (
+                vec![
+                    "--auth".into(),
+                    "plain".into(),
+                    "--auth-file".into(),
+                    path(&users),
+                ],
+                "users: line 2: expected user:password",
+            ),
+        ];
+        for (flags, want) in rows {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let err = cli(&flags).unwrap_err();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+        let err = cli(&["--tls", "starttls", "--tls-insecure", "--tls-ca", "x"]).unwrap_err();
+        assert!(
+            err.contains("'--tls-insecure' cannot be used with"),
+            "{err}"
+        );
+        let err = cli(&["--tls", "starttls", "--tls-ca", &path(&empty)]).unwrap_err();
+        assert!(err.ends_with("empty.pem holds no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn tls_names_default_to_the_server_and_the_password_is_not_echoed() {
+        let c = cli(&[
+            "--tls",
+            "starttls",
+            "--auth",
+            "plain",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "hunter2",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.server_names.len(), 1);
+        assert!(c.tls.resume);
+        let echo = serde_json::to_string(&c).unwrap();
+        assert!(!echo.contains("hunter2"), "{echo}");
+        assert!(echo.contains("\"mechanism\":\"plain\""), "{echo}");
+        assert!(echo.contains("\"mode\":\"starttls\""), "{echo}");
+        // A plaintext run does not care whether a host could be a TLS name.
+        assert!(cli(&["--tls-resume", "off"]).is_ok());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - settings: `cli` (the flags), `config` (checked, every error naming its flag);
 //! - generation: `schedule` (closed and open models, the timetable and its
 //!   dispatcher), `worker` (one session at a time to one server), `client` (one SMTP
-//!   connection, timed phase by phase), `message` (bodies prepared once),
+//!   connection, timed phase by phase), `tls` (the TLS layer under it), `auth`
+//!   (the logins it sends), `message` (bodies prepared once),
 //!   `runtime` (one single-threaded runtime per core, the sessions dealt over them);
 //! - measurement: `stats` (histograms and counters), `containers` (the servers' CPU
 //!   and memory);
@@ -16,6 +17,7 @@
 //!
 //! The printer never measures and the client never formats.
 
+mod auth;
 mod cli;
 mod client;
 mod config;
@@ -26,6 +28,7 @@ mod result;
 mod runtime;
 mod schedule;
 mod stats;
+mod tls;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -42,13 +45,17 @@ pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
 pub use runtime::main_runtime;
 
-use crate::client::{ClientSettings, PhaseTimings, PreparedCommands, SmtpConnection};
+use crate::auth::Logins;
+use crate::client::{
+    ClientSettings, Connection, Dial, FailureKind, PhaseTimings, PreparedCommands,
+};
 use crate::containers::ContainerMonitor;
 use crate::message::MessageFactory;
 use crate::result::{ProcessUsage, RunFacts};
 use crate::runtime::Shards;
 use crate::schedule::{Dispatcher, Gates, Plan, Timetable, workers_for};
 use crate::stats::Stats;
+use crate::tls::TlsClient;
 use crate::worker::RunShared;
 
 /// Longest the check before the run waits for each server's banner.
@@ -65,8 +72,10 @@ const CONTAINER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// run is counted in the result instead.
 pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result<RunResult> {
     let addrs = resolve(&config).await?;
+    let sessions = config.mode.workers() as usize;
+    let tls = TlsClient::new(&config.tls, sessions).context("setting up TLS")?;
     if config.preflight {
-        preflight_all(&config, &addrs).await?;
+        preflight_all(&config, &addrs, tls.as_ref()).await?;
     }
     let monitor = start_monitor(&config).await?;
     let run_id = new_run_id();
@@ -81,6 +90,11 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         plan: Plan::new(plan.total, plan.pools.len(), plan.timetable),
         addrs,
         settings: load.settings,
+        tls,
+        logins: config
+            .auth
+            .as_ref()
+            .and_then(|a| Logins::new(a.mechanism, &a.credentials)),
         factory: load.factory,
         commands: load.commands,
         msgs_per_conn: config.msgs_per_conn,
@@ -131,9 +145,20 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
 }
 
 /// Checks every server before the run; the error names the server as given.
-async fn preflight_all(config: &Config, addrs: &[SocketAddr]) -> anyhow::Result<()> {
-    for (addr, name) in addrs.iter().zip(&config.servers) {
-        preflight(*addr, &config.helo).await.with_context(|| {
+async fn preflight_all(
+    config: &Config,
+    addrs: &[SocketAddr],
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<()> {
+    let tls = tls.map(TlsClient::without_resumption);
+    for (server, (addr, name)) in addrs.iter().zip(&config.servers).enumerate() {
+        let dial = Dial {
+            addr: *addr,
+            server,
+            tls: tls.as_ref(),
+            login: None,
+        };
+        preflight(&dial, &config.helo).await.with_context(|| {
             if name.to_string() == addr.to_string() {
                 format!("server {name} is not usable")
             } else {
@@ -411,8 +436,10 @@ async fn resolve(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
 }
 
 /// Connects to a server, expects its 220 banner and EHLO reply, and says QUIT, so a
-/// wrong address fails before the run instead of as a run full of failures.
-async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
+/// wrong address fails before the run instead of as a run full of failures. A
+/// server that answers but fails TLS passes: that is what the run is to count
+/// (`tls:certificate`, `tls:not_offered`), message by message.
+async fn preflight(dial: &Dial<'_>, helo: &str) -> anyhow::Result<()> {
     let settings = ClientSettings {
         helo: helo.to_string(),
         from: String::new(),
@@ -422,9 +449,10 @@ async fn preflight(addr: SocketAddr, helo: &str) -> anyhow::Result<()> {
     };
     let cmds = PreparedCommands::new(&settings, None);
     let mut t = PhaseTimings::default();
-    let session = SmtpConnection::open(addr, &settings, &cmds, &mut t)
-        .await
-        .map_err(|f| anyhow::anyhow!("{} ({})", f.kind.describe(), f.phase))?;
-    session.quit_and_close().await;
+    match Connection::open(dial, &settings, &cmds, &mut t, &mut None).await {
+        Ok(session) => session.quit_and_close().await,
+        Err(f) if matches!(f.kind, FailureKind::Tls(_)) => {}
+        Err(f) => anyhow::bail!("{} ({})", f.kind.describe(), f.phase),
+    }
     Ok(())
 }

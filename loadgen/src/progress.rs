@@ -100,6 +100,28 @@ pub fn summary(r: &RunResult) -> String {
         );
         row("late sends", m.late_sends.to_string());
     }
+    if let Some(tls) = &r.tls {
+        let versions: Vec<String> = tls
+            .versions
+            .iter()
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect();
+        let handshake = m
+            .phases_ms
+            .get("tls")
+            .map(|l| format!(", handshake p50 {:.2} p99 {:.2} ms", l.p50, l.p99))
+            .unwrap_or_default();
+        row(
+            "tls",
+            format!(
+                "{}: {} handshakes ({}), {:.0}% resumed{handshake}",
+                tls.mode,
+                tls.handshakes,
+                versions.join(", "),
+                tls.resumed_percent()
+            ),
+        );
+    }
     if !m.error_breakdown.is_empty() {
         let e: Vec<String> = m
             .error_breakdown

@@ -7,11 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use report::{
     GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, Phase, RunInfo, RunResult,
-    SCHEMA_V1, ServerMetrics, encode_histogram, format_timestamp,
+    SCHEMA_V1, ServerMetrics, TlsSummary, encode_histogram, format_timestamp,
 };
 
+use crate::cli::TlsMode;
 use crate::config::{Config, Mode};
-use crate::stats::Stats;
+use crate::stats::{Stats, TlsTally};
 
 /// Above this share of all cores the generator, not the server, is taken to be
 /// the limit (DESIGN: "for example above 90% of its cores").
@@ -112,6 +113,37 @@ fn git_sha() -> Option<String> {
         })
 }
 
+/// The phases this run's sessions go through: `tls` and `auth` only when the
+/// run uses them, so a plaintext run's tables have no empty rows.
+fn phases_of(c: &Config) -> impl Iterator<Item = Phase> + '_ {
+    Phase::ALL.into_iter().filter(|p| match p {
+        Phase::Tls => c.tls.mode != TlsMode::None,
+        Phase::Auth => c.auth.is_some(),
+        _ => true,
+    })
+}
+
+/// The result's `tls` key, in runs over TLS.
+fn tls_summary(c: &Config, tally: &TlsTally) -> Option<TlsSummary> {
+    let mode = match c.tls.mode {
+        TlsMode::None => return None,
+        TlsMode::Starttls => "starttls",
+        TlsMode::Implicit => "implicit",
+    };
+    let named = |m: &BTreeMap<&'static str, u64>| {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Some(TlsSummary {
+        mode: mode.to_string(),
+        versions: named(&tally.versions),
+        cipher_suites: named(&tally.cipher_suites),
+        handshakes: tally.handshakes,
+        resumed: tally.resumed,
+    })
+}
+
 fn encode(h: &report::LatencyHistogram) -> anyhow::Result<String> {
     Ok(encode_histogram(h)?)
 }
@@ -145,10 +177,11 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         success_rate: 0.0,
         late_sends: stats.late_sends,
         latency_corrected_ms: stats.corrected.as_ref().map(LatencySummary::from_histogram),
-        phases_ms: Phase::ALL
-            .iter()
-            .zip(&stats.phases)
-            .map(|(p, h)| (p.to_string(), LatencySummary::from_histogram(h)))
+        phases_ms: phases_of(c)
+            .map(|p| {
+                let h = &stats.phases[p.index()];
+                (p.to_string(), LatencySummary::from_histogram(h))
+            })
             .collect(),
         replies: stats
             .replies
@@ -178,10 +211,8 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let histograms = Histograms {
         total: encode(&stats.total)?,
         corrected: stats.corrected.as_ref().map(encode).transpose()?,
-        phases: Phase::ALL
-            .iter()
-            .zip(&stats.phases)
-            .map(|(p, h)| Ok((p.to_string(), encode(h)?)))
+        phases: phases_of(c)
+            .map(|p| Ok((p.to_string(), encode(&stats.phases[p.index()])?)))
             .collect::<anyhow::Result<_>>()?,
         per_server: c
             .servers
@@ -245,5 +276,6 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         timeline_bucket_s: Some(bucket.as_secs_f64()),
         histograms: Some(histograms),
         resources: f.resources,
+        tls: tls_summary(c, &stats.tls),
     })
 }

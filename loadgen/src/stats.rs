@@ -10,6 +10,7 @@
 //!   or a late timer carries that wait.
 //! - phases: every phase that got a reply, whatever the outcome.
 //! - failures by code or class; every final reply code in `replies`.
+//! - what each TLS handshake negotiated, counted by version and cipher suite.
 //! - per bucket of time (by completion time; one second, or less in a short run)
 //!   for the timeline, per server for `per_server`.
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use report::{LatencyHistogram, Phase, new_latency_histogram, record_latency};
 
 use crate::client::{ErrorKey, Failure, PhaseTimings, micros};
+use crate::tls::Handshake;
 
 /// What happened to one message.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct MessageRecord {
     pub bytes: u64,
     /// Started later than its scheduled time plus the tolerance.
     pub late: bool,
+    /// The TLS handshake of the connection this message opened, if it did one.
+    pub handshake: Option<Handshake>,
 }
 
 /// Counters of a run or of one server.
@@ -58,7 +62,7 @@ impl Counts {
                 if f.kind.is_connection_error() {
                     self.connection_errors += 1;
                 }
-                if f.kind == crate::client::FailureKind::Timeout {
+                if f.kind.is_timeout() {
                     self.timeouts += 1;
                 }
                 *self.errors.entry(f.key()).or_default() += 1;
@@ -217,6 +221,25 @@ fn bucket_width(duration: Duration, messages: u64) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
+/// The TLS handshakes of a run. Keyed by rustls' static names, so counting one
+/// allocates only the first time a version or suite is seen.
+#[derive(Debug, Default)]
+pub struct TlsTally {
+    pub handshakes: u64,
+    pub resumed: u64,
+    pub versions: BTreeMap<&'static str, u64>,
+    pub cipher_suites: BTreeMap<&'static str, u64>,
+}
+
+impl TlsTally {
+    fn add(&mut self, h: &Handshake) {
+        self.handshakes += 1;
+        self.resumed += u64::from(h.resumed);
+        *self.versions.entry(h.version).or_default() += 1;
+        *self.cipher_suites.entry(h.cipher_suite).or_default() += 1;
+    }
+}
+
 /// Everything measured during a run.
 #[derive(Debug)]
 pub struct Stats {
@@ -232,6 +255,7 @@ pub struct Stats {
     /// Sends the dispatcher itself released late (the generator ran behind).
     pub generator_late_sends: u64,
     pub last_completion: Option<Instant>,
+    pub tls: TlsTally,
     /// One-second buckets, for any run.
     timeline: Timeline,
     /// Finer buckets ([`SHORT_RUN_WIDTHS_MS`]), for the first seconds only.
@@ -257,6 +281,7 @@ impl Stats {
             late_sends: 0,
             generator_late_sends: 0,
             last_completion: None,
+            tls: TlsTally::default(),
             timeline: Timeline::new(Duration::from_secs(1), None),
             short_timelines: SHORT_RUN_WIDTHS_MS
                 .iter()
@@ -280,6 +305,9 @@ impl Stats {
             if let Some(us) = t {
                 record_latency(h, us);
             }
+        }
+        if let Some(h) = &r.handshake {
+            self.tls.add(h);
         }
         self.bytes_sent += r.bytes;
         self.late_sends += u64::from(r.late);
@@ -341,6 +369,7 @@ mod tests {
             outcome,
             bytes: 100,
             late: false,
+            handshake: None,
         }
     }
 

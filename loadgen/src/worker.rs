@@ -17,12 +17,14 @@ use rand::rngs::SmallRng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Logins;
 use crate::client::{
-    ClientSettings, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands, SmtpConnection,
+    ClientSettings, Connection, Dial, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands,
 };
 use crate::message::{DateClock, MessageFactory};
 use crate::schedule::{Plan, Slot};
 use crate::stats::{MessageRecord, Stats};
+use crate::tls::{Handshake, TlsClient};
 
 /// A connection idle longer than this is closed and reopened rather than reused:
 /// servers close idle sessions (the reference server after 120 s, some after far
@@ -34,6 +36,10 @@ pub struct RunShared {
     pub plan: Plan,
     pub addrs: Vec<SocketAddr>,
     pub settings: ClientSettings,
+    /// The run's TLS client, when it uses TLS.
+    pub tls: Option<TlsClient>,
+    /// The logins handed out one per connection, when the run uses AUTH.
+    pub logins: Option<Logins>,
     pub factory: MessageFactory,
     /// One per prepared body (they differ in `SIZE=`).
     pub commands: Vec<PreparedCommands>,
@@ -52,11 +58,11 @@ pub struct RunShared {
 struct Worker {
     shared: Arc<RunShared>,
     server: usize,
-    conn: Option<SmtpConnection>,
+    conn: Option<Connection>,
     /// The connection that the last message ended with QUIT, waiting for the
     /// server to close it; closed after that message is recorded, so neither its
     /// latency nor the run's end include the wait.
-    closing: Option<SmtpConnection>,
+    closing: Option<Connection>,
     on_conn: u32,
     /// When the connection last finished a message.
     idle_since: Instant,
@@ -133,16 +139,22 @@ impl Worker {
             .factory
             .write_headers(&mut self.headers, slot.seq, &self.clock);
         let mut timings = PhaseTimings::default();
+        let mut handshake = None;
         let reused = self.conn.is_some();
         let outcome = tokio::select! {
-            r = self.send(body_index, &mut timings) => Some(r),
+            r = self.send(body_index, &mut timings, &mut handshake) => Some(r),
             _ = shared.abort.cancelled() => None,
         };
         let finished = Instant::now();
         let outcome = outcome.unwrap_or_else(|| {
             self.conn = None;
+            let in_use = |p| match p {
+                Phase::Tls => shared.tls.is_some(),
+                Phase::Auth => shared.logins.is_some(),
+                _ => true,
+            };
             Err(Failure {
-                phase: unfinished_phase(&timings, reused),
+                phase: unfinished_phase(&timings, reused, in_use),
                 kind: FailureKind::Aborted,
             })
         });
@@ -160,6 +172,7 @@ impl Worker {
             outcome,
             bytes,
             late,
+            handshake,
         }
     }
 
@@ -208,15 +221,26 @@ impl Worker {
         }
     }
 
-    /// One message on the current connection (opening one when needed), and the
-    /// connection's QUIT when the message is its last. The wait for the server to
-    /// close is left in `closing`, for after the message is recorded.
-    async fn send(&mut self, body_index: usize, t: &mut PhaseTimings) -> Result<u16, Failure> {
+    /// One message on the current connection (opening one when needed, with TLS
+    /// and AUTH as the run asks: once per connection), and the connection's QUIT
+    /// when the message is its last. The wait for the server to close is left in
+    /// `closing`, for after the message is recorded.
+    async fn send(
+        &mut self,
+        body_index: usize,
+        t: &mut PhaseTimings,
+        handshake: &mut Option<Handshake>,
+    ) -> Result<u16, Failure> {
         let shared = Arc::clone(&self.shared);
         let cmds = &shared.commands[body_index];
         if self.conn.is_none() {
-            let s =
-                SmtpConnection::open(shared.addrs[self.server], &shared.settings, cmds, t).await?;
+            let dial = Dial {
+                addr: shared.addrs[self.server],
+                server: self.server,
+                tls: shared.tls.as_ref(),
+                login: shared.logins.as_ref().map(Logins::next),
+            };
+            let s = Connection::open(&dial, &shared.settings, cmds, t, handshake).await?;
             self.conn = Some(s);
             self.on_conn = 0;
         }
@@ -256,8 +280,8 @@ impl Worker {
 /// the message, which may cut it short (dropping a connection mid-close just
 /// closes the socket).
 async fn tidy_while_idle(
-    closing: &mut Option<SmtpConnection>,
-    conn: &mut Option<SmtpConnection>,
+    closing: &mut Option<Connection>,
+    conn: &mut Option<Connection>,
     idle_since: Instant,
 ) -> Infallible {
     if let Some(c) = closing.take() {
@@ -272,14 +296,37 @@ async fn tidy_while_idle(
     std::future::pending().await
 }
 
-/// The phase a message was in when the drain time cut it: the one after the last
-/// phase that got its reply (a message on a reused connection begins at MAIL).
-fn unfinished_phase(t: &PhaseTimings, reused: bool) -> Phase {
+/// The phase a message was in when the drain time cut it: the next phase the
+/// run uses (`in_use`) after the last one that got its reply (a message on a
+/// reused connection begins at MAIL). A STARTTLS session cut during its second
+/// EHLO is put in the phase after `tls`, since the two EHLOs share one slot.
+fn unfinished_phase(t: &PhaseTimings, reused: bool, in_use: impl Fn(Phase) -> bool) -> Phase {
     let first = if reused { Phase::Mail } else { Phase::Connect };
-    Phase::ALL
+    let mut next = Phase::ALL
         .iter()
         .rev()
         .find(|&&p| t.get(p).is_some())
-        .map_or(Some(first), |p| p.next())
-        .unwrap_or(Phase::Quit)
+        .map_or(Some(first), |p| p.next());
+    while let Some(p) = next
+        && !in_use(p)
+    {
+        next = p.next();
+    }
+    next.unwrap_or(Phase::Quit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_message_is_put_in_the_next_phase_the_run_uses() {
+        let mut t = PhaseTimings::default();
+        let plain = |p| !matches!(p, Phase::Tls | Phase::Auth);
+        assert_eq!(unfinished_phase(&t, false, plain), Phase::Connect);
+        assert_eq!(unfinished_phase(&t, true, plain), Phase::Mail);
+        t.0[Phase::Ehlo.index()] = Some(1);
+        assert_eq!(unfinished_phase(&t, false, plain), Phase::Mail);
+        assert_eq!(unfinished_phase(&t, false, |_| true), Phase::Tls);
+    }
 }

@@ -48,6 +48,58 @@ fn a_bad_flag_value_names_the_flag_and_fails() {
 }
 
 #[test]
+fn tls_and_auth_usage_errors_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.txt");
+    std::fs::write(&users, "# none yet\n").unwrap();
+    let users = users.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, want) in [
+        (&["--auth", "plain"][..], "--auth: needs credentials"),
+        (
+            &["--auth", "login", "--auth-file", users][..],
+            "--auth-file: ",
+        ),
+        (
+            &["--tls", "starttls", "--tls-ca", missing][..],
+            "--tls-ca: cannot read",
+        ),
+        (
+            &["--tls", "implicit", "--tls-sni", "bad name"][..],
+            "--tls-sni: ",
+        ),
+        (&["--tls", "sometimes"][..], "--tls"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--servers", "127.0.0.1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = Command::new(BIN)
+        .args([
+            "--servers",
+            "127.0.0.1",
+            "--auth",
+            "plain",
+            "--auth-file",
+            users,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("users.txt: no user:password line"),
+        "the file and the problem are named: {err}"
+    );
+}
+
+#[test]
 fn an_out_of_range_value_is_quoted_as_given() {
     let out = Command::new(BIN)
         .args([

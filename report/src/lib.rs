@@ -70,6 +70,53 @@ pub struct RunResult {
     /// CPU and memory samples per server container, when they were monitored.
     #[serde(default)]
     pub resources: BTreeMap<String, Vec<ResourceSample>>,
+    /// What the TLS handshakes negotiated, in runs over TLS; absent otherwise and
+    /// in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSummary>,
+}
+
+/// The TLS handshakes of a run: how many, what they negotiated, how many resumed
+/// a session, so a reader sees what was measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsSummary {
+    /// `starttls` or `implicit`.
+    pub mode: String,
+    /// Handshakes per protocol version (`TLSv1.3`, `TLSv1.2`).
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    /// Handshakes per cipher suite, by its IANA name (`TLS13_AES_128_GCM_SHA256`).
+    #[serde(default)]
+    pub cipher_suites: BTreeMap<String, u64>,
+    /// Completed handshakes.
+    #[serde(default)]
+    pub handshakes: u64,
+    /// Of those, the ones that resumed an earlier session.
+    #[serde(default)]
+    pub resumed: u64,
+}
+
+impl TlsSummary {
+    /// Resumed handshakes as a share of all, in percent; 0 when there were none.
+    pub fn resumed_percent(&self) -> f64 {
+        if self.handshakes == 0 {
+            0.0
+        } else {
+            self.resumed as f64 * 100.0 / self.handshakes as f64
+        }
+    }
+
+    /// Adds the counts of `other` (same mode) to these.
+    pub fn add(&mut self, other: &TlsSummary) {
+        self.handshakes += other.handshakes;
+        self.resumed += other.resumed;
+        for (k, v) in &other.versions {
+            *self.versions.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.cipher_suites {
+            *self.cipher_suites.entry(k.clone()).or_default() += v;
+        }
+    }
 }
 
 /// The headline figures of a run. The first block is PrixFixe's layout.

@@ -8,6 +8,11 @@ pub enum Phase {
     Connect,
     Banner,
     Ehlo,
+    /// From sending STARTTLS (or, with implicit TLS, from the connect) to the
+    /// finished handshake.
+    Tls,
+    /// From sending AUTH to its final reply.
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -18,10 +23,12 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in protocol order.
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Connect,
         Phase::Banner,
         Phase::Ehlo,
+        Phase::Tls,
+        Phase::Auth,
         Phase::Mail,
         Phase::Rcpt,
         Phase::Data,
@@ -36,6 +43,8 @@ impl Phase {
             Phase::Connect => "connect",
             Phase::Banner => "banner",
             Phase::Ehlo => "ehlo",
+            Phase::Tls => "tls",
+            Phase::Auth => "auth",
             Phase::Mail => "mail",
             Phase::Rcpt => "rcpt",
             Phase::Data => "data",
@@ -47,6 +56,12 @@ impl Phase {
     /// The position in [`Phase::ALL`], for arrays indexed by phase.
     pub const fn index(self) -> usize {
         self as usize
+    }
+
+    /// True for the phases only some sessions have (`tls`, `auth`): a run without
+    /// TLS or AUTH leaves them out of its result rather than report empty rows.
+    pub const fn is_optional(self) -> bool {
+        matches!(self, Phase::Tls | Phase::Auth)
     }
 
     /// The phase after this one, if any.
@@ -86,7 +101,7 @@ mod tests {
         assert_eq!(
             PHASES,
             [
-                "connect", "banner", "ehlo", "mail", "rcpt", "data", "eod", "quit"
+                "connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data", "eod", "quit"
             ]
         );
         for (i, p) in Phase::ALL.iter().enumerate() {

@@ -44,6 +44,7 @@ fn sample_result() -> RunResult {
             ..Histograms::default()
         }),
         resources: BTreeMap::new(),
+        tls: None,
     }
 }
 
@@ -195,4 +196,57 @@ fn timestamps_in_both_formats_parse() {
     assert!(parse_timestamp("yesterday").is_none());
     let t = parse_timestamp("2026-11-22T12:00:00Z").unwrap();
     assert_eq!(format_timestamp(t), "2026-11-22T12:00:00.000Z");
+}
+
+#[test]
+fn the_tls_key_round_trips_and_is_absent_without_tls() {
+    let plain = serde_json::to_value(sample_result()).unwrap();
+    assert!(
+        plain.get("tls").is_none(),
+        "no tls key in a run without TLS"
+    );
+
+    let mut with_tls = sample_result();
+    with_tls.tls = Some(TlsSummary {
+        mode: "starttls".into(),
+        versions: BTreeMap::from([("TLSv1.3".into(), 4)]),
+        cipher_suites: BTreeMap::from([("TLS13_AES_128_GCM_SHA256".into(), 4)]),
+        handshakes: 4,
+        resumed: 3,
+    });
+    let json = serde_json::to_value(&with_tls).unwrap();
+    assert_eq!(json["tls"]["mode"], "starttls");
+    assert_eq!(json["tls"]["versions"]["TLSv1.3"], 4);
+    assert_eq!(json["tls"]["cipher_suites"]["TLS13_AES_128_GCM_SHA256"], 4);
+    assert_eq!(
+        (
+            json["tls"]["handshakes"].as_u64(),
+            json["tls"]["resumed"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.json");
+    with_tls.save(&path).unwrap();
+    let back = load(&path).unwrap();
+    assert_eq!(back, with_tls);
+    assert_eq!(back.tls.unwrap().resumed_percent(), 75.0);
+}
+
+#[test]
+fn results_written_before_the_tls_and_auth_phases_still_read() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stampede/v1-before-tls.json");
+    let r = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!r.is_legacy());
+    assert!(r.tls.is_none());
+    let phases: Vec<&str> = r.metrics.phases_ms.keys().map(String::as_str).collect();
+    assert!(
+        phases.contains(&"ehlo") && phases.contains(&"mail"),
+        "{phases:?}"
+    );
+    assert!(!phases.contains(&"tls") && !phases.contains(&"auth"));
+    assert!(r.metrics.phases_ms["eod"].p50 > 0.0);
+    let h = r.histograms.as_ref().unwrap();
+    assert!(h.phases.contains_key("rcpt"));
 }

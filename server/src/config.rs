@@ -19,14 +19,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, Command, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 /// Help headings, which are also the TOML sections (without the brackets).
 const SERVER: &str = "[server]";
 const RESOURCES: &str = "[resources]";
 const MEMORY: &str = "[memory]";
+const TLS: &str = "[tls]";
+const AUTH: &str = "[auth]";
 
 /// What happens to a message after the final `250`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -148,6 +151,63 @@ pub struct Config {
     #[arg(long, help_heading = MEMORY, value_parser = units::parse_duration)]
     #[serde(with = "text::duration")]
     pub monitoring_interval: Duration,
+
+    /// PEM certificate chain (leaf first) for STARTTLS and implicit TLS; needs tls_key.
+    #[arg(long, help_heading = TLS, value_parser = text::parse_optional_path)]
+    #[serde(with = "text::optional_path")]
+    pub tls_cert: ::std::option::Option<PathBuf>,
+    /// PEM private key for tls_cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, help_heading = TLS, value_parser = text::parse_optional_path)]
+    #[serde(with = "text::optional_path")]
+    pub tls_key: ::std::option::Option<PathBuf>,
+    /// Generate a throwaway CA and a certificate for `domain`, localhost and 127.0.0.1
+    /// at start (its SHA-256 is logged as tls_certificate_sha256=...); instead of
+    /// tls_cert.
+    #[arg(long, help_heading = TLS, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub tls_self_signed: bool,
+    /// With tls_self_signed: write the generated CA certificate (PEM) to this file, for
+    /// clients that verify (loadgen --tls-ca, swaks --tls-ca-path); "" writes none.
+    #[arg(long, help_heading = TLS, value_parser = text::parse_optional_path)]
+    #[serde(with = "text::optional_path")]
+    pub tls_ca_out: ::std::option::Option<PathBuf>,
+    /// Port for implicit TLS (RFC 8314, usually 465), on the same limits as the SMTP
+    /// port; 0 picks a free port (logged as implicit_tls_addr=...); "" (the default)
+    /// disables it.
+    #[arg(long, help_heading = TLS, value_parser = text::parse_optional_port)]
+    #[serde(with = "text::optional_port")]
+    pub implicit_tls_port: ::std::option::Option<u16>,
+    /// Refuse MAIL before STARTTLS (530 5.7.0).
+    #[arg(long, help_heading = TLS, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub require_tls: bool,
+    /// Time allowed for a TLS handshake (after STARTTLS, or from connect on the
+    /// implicit TLS port).
+    #[arg(long, help_heading = TLS, value_parser = units::parse_duration)]
+    #[serde(with = "text::duration")]
+    pub tls_handshake_timeout: Duration,
+
+    /// Users for AUTH PLAIN and LOGIN: lines `user:password` or `user:$argon2id$...`
+    /// (PHC, see `smtp-server hash-password`); `#` comments. Unset: no AUTH.
+    #[arg(long, help_heading = AUTH, value_parser = text::parse_optional_path)]
+    #[serde(with = "text::optional_path")]
+    pub auth_users: ::std::option::Option<PathBuf>,
+    /// Offer and accept AUTH without TLS (otherwise AUTH before TLS gets 538 5.7.11).
+    #[arg(long, help_heading = AUTH, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub auth_allow_plaintext: bool,
+    /// Refuse MAIL before a successful AUTH (530 5.7.0).
+    #[arg(long, help_heading = AUTH, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub require_auth: bool,
+    /// Failed AUTH attempts one IP address may make within auth_failure_window; the
+    /// last one, and any AUTH from that address until the window ends, gets 421 4.7.0.
+    #[arg(long, help_heading = AUTH)]
+    pub auth_max_failures: u32,
+    /// The window in which auth_max_failures are counted.
+    #[arg(long, help_heading = AUTH, value_parser = units::parse_duration)]
+    #[serde(with = "text::duration")]
+    pub auth_failure_window: Duration,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -185,6 +245,18 @@ impl Default for Config {
             memory_warning_threshold: 0.75,
             memory_critical_threshold: 0.90,
             monitoring_interval: Duration::from_secs(1),
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            tls_ca_out: None,
+            implicit_tls_port: None,
+            require_tls: false,
+            tls_handshake_timeout: Duration::from_secs(10),
+            auth_users: None,
+            auth_allow_plaintext: false,
+            require_auth: false,
+            auth_max_failures: 5,
+            auth_failure_window: Duration::from_secs(300),
         }
     }
 }
@@ -219,6 +291,9 @@ pub enum ConfigError {
     },
     #[error("config file {file} is not valid TOML: {message}")]
     Toml { file: String, message: String },
+    /// A file a key names cannot be used (unreadable, malformed).
+    #[error("`{key}`: {reason}")]
+    KeyFile { key: String, reason: String },
 }
 
 /// The per-IP rate follows a changed global rate unless it is set itself.
@@ -461,6 +536,8 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("session_timeout", self.session_timeout),
             ("monitoring_interval", self.monitoring_interval),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("auth_failure_window", self.auth_failure_window),
         ] {
             if value.is_zero() {
                 return Err(bad(key, "0".into(), "must be longer than zero"));
@@ -478,7 +555,100 @@ impl Config {
                 return Err(bad(key, "0".into(), "must be at least 1 byte"));
             }
         }
+        if self.auth_max_failures == 0 {
+            return Err(bad("auth_max_failures", "0".into(), "must be at least 1"));
+        }
+        self.validate_tls_and_auth()
+    }
+
+    /// The [tls] and [auth] keys that only make sense together.
+    fn validate_tls_and_auth(&self) -> Result<(), ConfigError> {
+        let needs = |key: &str, value: String, reason: &str| ConfigError::InvalidValue {
+            key: key.into(),
+            value,
+            reason: reason.into(),
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(needs(
+                    "tls_cert",
+                    path(&self.tls_cert),
+                    "needs tls_key (the certificate's private key)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(needs(
+                    "tls_key",
+                    path(&self.tls_key),
+                    "needs tls_cert (the certificate chain)",
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_self_signed && self.tls_cert.is_some() {
+            return Err(needs(
+                "tls_self_signed",
+                "true".into(),
+                "cannot be used with tls_cert: choose one",
+            ));
+        }
+        if self.tls_ca_out.is_some() && !self.tls_self_signed {
+            return Err(needs(
+                "tls_ca_out",
+                path(&self.tls_ca_out),
+                "applies only with tls_self_signed",
+            ));
+        }
+        if !self.tls_enabled() {
+            if self.require_tls {
+                return Err(needs(
+                    "require_tls",
+                    "true".into(),
+                    "needs TLS: set tls_cert and tls_key, or tls_self_signed",
+                ));
+            }
+            if let Some(port) = self.implicit_tls_port {
+                return Err(needs(
+                    "implicit_tls_port",
+                    port.to_string(),
+                    "needs TLS: set tls_cert and tls_key, or tls_self_signed",
+                ));
+            }
+        }
+        if self.require_auth && self.auth_users.is_none() {
+            return Err(needs("require_auth", "true".into(), "needs auth_users"));
+        }
+        if self.auth_allow_plaintext && self.auth_users.is_none() {
+            return Err(needs(
+                "auth_allow_plaintext",
+                "true".into(),
+                "needs auth_users",
+            ));
+        }
+        if self.auth_users.is_some() && !self.tls_enabled() && !self.auth_allow_plaintext {
+            return Err(needs(
+                "auth_users",
+                path(&self.auth_users),
+                "AUTH is offered only under TLS: set tls_cert and tls_key or tls_self_signed, \
+                 or auth_allow_plaintext",
+            ));
+        }
         Ok(())
+    }
+
+    /// True when a certificate is configured (STARTTLS and the implicit TLS port).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
+    }
+
+    /// The implicit-TLS listen address, or `None` when there is no such listener.
+    pub fn implicit_tls_listen_addr(&self) -> Option<SocketAddr> {
+        self.implicit_tls_port
+            .map(|port| SocketAddr::new(self.bind, port))
     }
 
     /// The SMTP listen address.
@@ -574,6 +744,18 @@ mod text {
     /// An empty value means no file.
     pub fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
         Ok((!value.is_empty()).then(|| PathBuf::from(value)))
+    }
+
+    /// An empty value means no port; 0 picks a free one.
+    pub fn parse_optional_port(value: &str) -> Result<Option<u16>, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value
+            .parse::<u16>()
+            .map(Some)
+            .map_err(|_| "expected a port 0-65535 (0 picks a free port) or \"\" (none)".into())
     }
 
     /// A number or a string from the file, kept as the text it stands for.
@@ -675,6 +857,27 @@ mod text {
             match value {
                 None => s.serialize_u16(0),
                 Some(0) => s.serialize_str("auto"),
+                Some(port) => s.serialize_u16(*port),
+            }
+        }
+    }
+
+    /// A port where `""` means none.
+    pub mod optional_port {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+            let text = match de::Deserialize::deserialize(d)? {
+                Scalar::Integer(n) => n.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Text(s) => s,
+            };
+            parse_optional_port(&text).map_err(de::Error::custom)
+        }
+
+        pub fn serialize<S: Serializer>(value: &Option<u16>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                None => s.serialize_str(""),
                 Some(port) => s.serialize_u16(*port),
             }
         }
@@ -881,6 +1084,58 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.max_message_size, MIB);
         assert_eq!(c.max_connections, 1000);
+    }
+
+    #[test]
+    fn tls_and_auth_keys_load_from_their_sections_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ntls_self_signed = true\nimplicit_tls_port = 465\nrequire_tls = true\n\
+             tls_handshake_timeout = \"3s\"\n[auth]\nauth_users = \"users\"\n\
+             auth_max_failures = 3\nauth_failure_window = \"1m\"\n",
+        )
+        .unwrap();
+        let matches = args(&["--require-auth", "--implicit-tls-port", "0"]).unwrap();
+        let c = Config::load(Some(&path), &matches).unwrap();
+        assert!(c.tls_self_signed && c.require_tls && c.require_auth);
+        assert_eq!(c.implicit_tls_port, Some(0));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.auth_users, Some(PathBuf::from("users")));
+        assert_eq!(
+            (c.auth_max_failures, c.auth_failure_window),
+            (3, Duration::from_secs(60))
+        );
+        // A flag set to false beats the file.
+        let c = Config::load(Some(&path), &args(&["--require-tls=false"]).unwrap()).unwrap();
+        assert!(!c.require_tls);
+        let err = load_file_value("tls", "auth_users", "\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[auth]"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_auth_keys_that_cannot_work_together_are_refused_naming_the_key() {
+        let rows: [(&[&str], &str); 6] = [
+            (&["--tls-key", "k.pem"], "tls_key"),
+            (
+                &["--tls-self-signed", "--tls-cert", "c", "--tls-key", "k"],
+                "tls_self_signed",
+            ),
+            (&["--require-tls"], "require_tls"),
+            (&["--auth-allow-plaintext"], "auth_allow_plaintext"),
+            (&["--auth-max-failures", "0"], "auth_max_failures"),
+            (
+                &["--tls-self-signed", "--tls-handshake-timeout", "0s"],
+                "tls_handshake_timeout",
+            ),
+        ];
+        for (flags, key) in rows {
+            let err = load_args(flags).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{flags:?}: {err}");
+        }
     }
 
     #[test]

@@ -286,11 +286,37 @@ fn shared_for(options: SessionOptions) -> (Arc<Shared>, MemoryCharge) {
     } else if options.process_memory_nearly_full {
         hold.grow(FUZZ_MEMORY_LIMIT - 100 * 1024);
     }
-    let shared = shared(config, memory);
+    // AUTH is on in every run (without TLS), so that the SASL states are fuzzed too.
+    // The failure guard never blocks: the two runs of one input share this state and
+    // must give the same transcript.
+    let credentials = fuzz_credentials();
+    config.auth_allow_plaintext = credentials.is_some();
+    config.auth_max_failures = u32::MAX;
+    let mut shared = shared(config, memory);
+    if let Some(state) = Arc::get_mut(&mut shared) {
+        state.credentials = credentials;
+    }
     if options.draining {
         shared.shutdown.draining.cancel();
     }
     (shared, hold)
+}
+
+/// The users of fuzz runs: `fuzz` with password `fuzz` (in clear, so a check is
+/// cheap), loaded once through a file as the server does.
+fn fuzz_credentials() -> Option<Arc<crate::auth::Credentials>> {
+    static CREDENTIALS: std::sync::OnceLock<Option<Arc<crate::auth::Credentials>>> =
+        std::sync::OnceLock::new();
+    CREDENTIALS
+        .get_or_init(|| {
+            let path =
+                std::env::temp_dir().join(format!("stampede-fuzz-users-{}", std::process::id()));
+            std::fs::write(&path, "fuzz:fuzz\n").ok()?;
+            let loaded = crate::auth::Credentials::load(&path).ok();
+            let _ = std::fs::remove_file(&path);
+            loaded.map(Arc::new)
+        })
+        .clone()
 }
 
 /// Server state without listeners, for driving a [`Dialogue`] directly. Needs a
@@ -303,7 +329,14 @@ pub(crate) fn shared(config: Config, memory: Arc<MemoryBudget>) -> Arc<Shared> {
         memory,
         shutdown: Shutdown::default(),
         started: std::time::Instant::now(),
+        auth_guard: crate::auth::FailureGuard::new(
+            config.auth_max_failures,
+            config.auth_failure_window,
+        ),
+        password_checks: tokio::sync::Semaphore::new(1),
         config,
+        tls: None,
+        credentials: None,
     })
 }
 
@@ -352,6 +385,11 @@ fn run_session<'a>(
                     };
                     delivered.push((message.mail_from, message.rcpt_to, message.data));
                     dialogue.stored(receipt, result)
+                }
+                // No users file in these runs: AUTH is answered 502 before any check.
+                Step::Verify(verification) => {
+                    let (user, ok) = verification.check();
+                    dialogue.verified(user, ok)
                 }
             };
             outcome.response.write_to(&mut output);
@@ -460,6 +498,35 @@ mod tests {
                 session(&[&[split, options][..], SESSION].concat());
             }
         }
+    }
+
+    /// AUTH PLAIN (right, wrong, cancelled) and LOGIN, pipelined with a transaction.
+    const AUTH_SESSION: &[u8] = b"EHLO fuzz.test\r\nAUTH PLAIN AGZ1enoAd3Jvbmc=\r\n\
+        AUTH PLAIN\r\n*\r\nAUTH LOGIN\r\nZnV6eg==\r\nZnV6eg==\r\n\
+        MAIL FROM:<a@b.example> AUTH=<>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n\
+        AUTH PLAIN AGZ1enoAZnV6eg==\r\nQUIT\r\n";
+
+    #[test]
+    fn an_auth_session_gives_the_same_replies_however_it_is_split() {
+        for split in [0, 1, 2, 7, 255] {
+            session(&[&[split, 0][..], AUTH_SESSION].concat());
+        }
+        let options = SessionOptions::from_bits(0);
+        let (shared, _hold) = shared_for(options);
+        let t = run_session(&shared, options, Chunks::new(AUTH_SESSION, 5));
+        let text = String::from_utf8(t.output).unwrap();
+        let codes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "220", "250", "535", "334", "501", "334", "334", "235", "250", "250", "354", "250",
+                "503", "221"
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! the session really holds. Between messages the buffer is small (idle sessions stay
 //! cheap); while a message arrives it is large (few reads per message).
 //!
+//! What a transport layer under the session holds for the connection (TLS record
+//! buffers) is charged here too, as an estimate set by the session, so that the
+//! per-connection limit and the process budget count it like the buffer itself.
+//!
 //! Filling is I/O-free ([`extend_from_slice`](InputBuffer::extend_from_slice)) or from
 //! any reader ([`read_from`](InputBuffer::read_from)); either way at most the spare
 //! capacity is filled, as one read would.
@@ -62,6 +66,8 @@ pub struct InputBuffer {
     discarding_line: bool,
     /// Always equal to `bytes.capacity()`.
     charge: MemoryCharge,
+    /// What the transport under the session (TLS) may hold; see [`Self::charge_transport`].
+    transport: MemoryCharge,
 }
 
 impl InputBuffer {
@@ -70,13 +76,36 @@ impl InputBuffer {
             bytes: Vec::new(),
             pos: 0,
             discarding_line: false,
-            charge: MemoryCharge::new(budget),
+            charge: MemoryCharge::new(budget.clone()),
+            transport: MemoryCharge::new(budget),
         }
     }
 
-    /// Bytes charged to the memory budget for this buffer.
+    /// Bytes charged to the memory budget for this buffer and the transport under it.
     pub fn charged(&self) -> u64 {
-        self.charge.bytes()
+        self.charge.bytes() + self.transport.bytes()
+    }
+
+    /// Sets what the transport under the session holds for this connection (its
+    /// buffers, estimated by the caller), charged unconditionally like the command
+    /// buffer: without it the connection cannot work at all.
+    pub fn charge_transport(&mut self, bytes: u64) {
+        let charged = self.transport.bytes();
+        if bytes > charged {
+            self.transport.grow(bytes - charged);
+        } else {
+            self.transport.shrink(charged - bytes);
+        }
+    }
+
+    /// Drops every byte not handled yet (and any long line being skipped); returns
+    /// how many there were.
+    pub fn discard_pending(&mut self) -> usize {
+        let discarded = self.bytes.len() - self.pos;
+        self.bytes.clear();
+        self.pos = 0;
+        self.discarding_line = false;
+        discarded
     }
 
     /// The bytes not handled yet.
@@ -235,6 +264,23 @@ mod tests {
         input.prepare(Expecting::Commands);
         assert!(input.charged() < DATA_BUFFER as u64);
         assert_eq!(budget.accounted(), input.charged());
+        drop(input);
+        assert_eq!(budget.accounted(), 0);
+    }
+
+    #[test]
+    fn the_transport_charge_counts_with_the_buffer_and_discarding_empties_it() {
+        let (mut input, budget) = buffer();
+        input.prepare(Expecting::Commands);
+        let buffer_charge = input.charged();
+        input.charge_transport(10_000);
+        assert_eq!(input.charged(), buffer_charge + 10_000);
+        input.charge_transport(3_000);
+        assert_eq!(budget.accounted(), buffer_charge + 3_000);
+        let _ = input.extend_from_slice(b"STARTTLS\r\nMAIL FROM:<a@b>\r\n");
+        assert!(input.next_line().is_some());
+        assert_eq!(input.discard_pending(), 17);
+        assert_eq!(input.next_line(), None);
         drop(input);
         assert_eq!(budget.accounted(), 0);
     }

@@ -10,6 +10,8 @@
 //!   - `admission`: memory, connection and rate limits before any session exists;
 //! - `session`: one connection: an I/O-free state machine (`Dialogue`) speaking
 //!   `protocol`, fed by the `input` buffer, reading message content through `data`;
+//!   on any stream, plaintext or `tls` (STARTTLS, the implicit TLS port); AUTH's
+//!   users file, SASL decoding and brute-force guard are in `auth`;
 //! - `memory`: the process memory budget; `store`: what happens to a message;
 //! - `admin` and `metrics`: `/health`, `/metrics`, `/api/stats`;
 //! - `healthcheck`: the probe behind `smtp-server healthcheck`;
@@ -33,6 +35,7 @@
 
 mod admin;
 mod admission;
+pub mod auth;
 mod config;
 mod data;
 #[doc(hidden)]
@@ -45,6 +48,7 @@ mod metrics;
 mod protocol;
 mod session;
 mod store;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +92,22 @@ pub struct Shared {
     pub store: Store,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// The TLS setup, when a certificate is configured.
+    pub(crate) tls: Option<tls::Tls>,
+    /// The users file, when AUTH is configured.
+    pub(crate) credentials: Option<Arc<auth::Credentials>>,
+    /// Failed AUTH attempts per address, shared by every session.
+    pub(crate) auth_guard: auth::FailureGuard,
+    /// Password checks that may run at once. An argon2 check takes its hash's memory
+    /// cost (19 MiB with the defaults) and milliseconds of CPU: without a bound, a
+    /// few hundred connections sending wrong passwords at once would take gigabytes
+    /// before the failure guard blocks anyone.
+    pub(crate) password_checks: tokio::sync::Semaphore,
+}
+
+/// Concurrent password checks: one per CPU, since each one keeps a CPU busy.
+fn password_check_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Memory figures in [`Stats`].
@@ -132,6 +152,18 @@ pub struct Stats {
     pub bytes_received: u64,
     pub memory: MemoryStats,
     pub rate_limit: RateLimitStats,
+    pub tls: TlsStats,
+    /// AUTH attempts by result (`success`, `failure`, `malformed`, `blocked`).
+    pub auth: BTreeMap<String, u64>,
+}
+
+/// TLS figures in [`Stats`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TlsStats {
+    /// Handshakes by result (`ok`, `failed`, `timeout`).
+    pub handshakes: BTreeMap<String, u64>,
+    /// Established sessions by protocol version (`TLSv1.2`, `TLSv1.3`).
+    pub versions: BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -173,6 +205,11 @@ impl Shared {
                 max_requests_per_window_per_ip: self.config.max_requests_per_window_per_ip,
                 tracked_peers: self.admission.rate_limited_peers(),
             },
+            tls: TlsStats {
+                handshakes: Metrics::by_result(&m.tls_handshakes, &metrics::tls_handshake::ALL),
+                versions: m.by_version(),
+            },
+            auth: Metrics::by_result(&m.auth_attempts, &metrics::auth_attempt::ALL),
         }
     }
 }
@@ -182,6 +219,7 @@ impl Shared {
 pub struct RunningServer {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
+    implicit_tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     supervisor: JoinHandle<()>,
 }
@@ -190,6 +228,16 @@ impl RunningServer {
     /// The address the SMTP listener is bound to (with the real port when 0 was asked).
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp_addr
+    }
+
+    /// The implicit TLS listener's address, `None` when there is none.
+    pub fn implicit_tls_addr(&self) -> Option<SocketAddr> {
+        self.implicit_tls_addr
+    }
+
+    /// SHA-256 (hex) of the certificate served, `None` without TLS.
+    pub fn tls_certificate_sha256(&self) -> Option<&str> {
+        self.shared.tls.as_ref().map(|t| t.fingerprint.as_str())
     }
 
     /// The admin listener's address, `None` when disabled.
@@ -232,11 +280,32 @@ impl RunningServer {
 
 /// Binds the SMTP listener (and the admin listener when enabled), starts serving and
 /// returns at once.
+///
+/// A configuration error (including an unusable certificate, key or users file) is
+/// returned as a [`ConfigError`] inside the `anyhow::Error`, for the caller to tell it
+/// from a runtime failure.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
-    let smtp_listener = listener::bind(config.smtp_listen_addr(), config.listen_backlog)
-        .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
+    let tls = tls::Tls::from_config(&config)?;
+    let credentials = load_credentials(&config)?;
+    if let Some(tls) = &tls {
+        tracing::info!(tls_certificate_sha256 = %tls.fingerprint, "TLS certificate");
+    }
+    let smtp_listener = listener::bind(
+        config.smtp_listen_addr(),
+        config.listen_backlog,
+        listener::Port::Smtp,
+    )
+    .with_context(|| format!("cannot bind SMTP listener on {}", config.smtp_listen_addr()))?;
     let smtp_addr = smtp_listener.local_addr()?;
+    let mut listeners = vec![smtp_listener];
+    let mut implicit_tls_addr = None;
+    if let Some(addr) = config.implicit_tls_listen_addr() {
+        let bound = listener::bind(addr, config.listen_backlog, listener::Port::ImplicitTls)
+            .with_context(|| format!("cannot bind the implicit TLS listener on {addr}"))?;
+        implicit_tls_addr = Some(bound.local_addr()?);
+        listeners.push(bound);
+    }
     let admin_listener = match config.admin_listen_addr() {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -265,13 +334,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store,
         shutdown: Shutdown::default(),
         started: Instant::now(),
+        auth_guard: auth::FailureGuard::new(config.auth_max_failures, config.auth_failure_window),
+        password_checks: tokio::sync::Semaphore::new(password_check_slots()),
         config,
+        tls,
+        credentials,
     });
     shared.refresh_gauges();
 
     let sessions = TaskTracker::new();
     let mut accept_loop = listener::spawn(
-        smtp_listener,
+        listeners,
         shared.clone(),
         sessions.clone(),
         tokio::runtime::Handle::current(),
@@ -312,9 +385,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         shared,
         smtp_addr,
+        implicit_tls_addr,
         admin_addr,
         supervisor,
     })
+}
+
+/// Reads `auth_users`, when set; an unusable file is a configuration error naming the
+/// file and line.
+fn load_credentials(config: &Config) -> Result<Option<Arc<auth::Credentials>>, ConfigError> {
+    let Some(path) = &config.auth_users else {
+        return Ok(None);
+    };
+    let credentials = auth::Credentials::load(path).map_err(|e| ConfigError::KeyFile {
+        key: "auth_users".into(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(users = credentials.len(), file = %path.display(), "AUTH users loaded");
+    Ok(Some(Arc::new(credentials)))
 }
 
 /// Writes the admin address to `admin_addr_file` when the port was picked by the
@@ -343,6 +431,7 @@ async fn monitor(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {
                 shared.memory.sample_rss();
                 shared.admission.housekeeping();
+                shared.auth_guard.housekeeping();
                 shared.refresh_gauges();
             }
         }

@@ -15,6 +15,13 @@
 //! are bounded in number; beyond that a refusal is a non-blocking write and a close
 //! (a fresh socket's send buffer is empty, so the write does not wait). Refusals never
 //! create unbounded work.
+//!
+//! The implicit TLS port (RFC 8314) has its own accept loop on the same thread, with
+//! the same admission. A connection refused there is closed without a reply: the
+//! reply would have to be sent inside TLS, and a handshake costs more CPU than the
+//! session being refused, on the one thread that must stay fast under a storm. The
+//! client sees its handshake fail on a closed connection, counted by the server under
+//! `connections_rejected` like any refusal.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Shared;
 use crate::admission::Refusal;
-use crate::session::Session;
+use crate::session;
 
 /// Concurrent refusals that get a lingering close.
 const MAX_LINGERING_REFUSALS: usize = 1024;
@@ -44,6 +51,16 @@ const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
 /// A bound SMTP listening socket, not yet accepting.
 pub struct BoundListener {
     socket: std::net::TcpListener,
+    port: Port,
+}
+
+/// What a listening port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// SMTP, plaintext first (STARTTLS when configured).
+    Smtp,
+    /// TLS from the first byte (RFC 8314).
+    ImplicitTls,
 }
 
 impl BoundListener {
@@ -68,7 +85,7 @@ fn somaxconn() -> Option<u32> {
 
 /// Binds the SMTP listener with an explicit accept-queue length (the standard
 /// library's and tokio's `bind` use a fixed 1024) and logs the length in effect.
-pub fn bind(addr: SocketAddr, requested_backlog: u32) -> io::Result<BoundListener> {
+pub fn bind(addr: SocketAddr, requested_backlog: u32, port: Port) -> io::Result<BoundListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -83,11 +100,13 @@ pub fn bind(addr: SocketAddr, requested_backlog: u32) -> io::Result<BoundListene
         listen_backlog = backlog,
         requested = requested_backlog,
         somaxconn = kernel_cap.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+        port = ?port,
         "SMTP accept queue"
     );
     // Deregistered from this runtime: the accept thread registers it with its own.
     Ok(BoundListener {
         socket: listener.into_std()?,
+        port,
     })
 }
 
@@ -113,9 +132,10 @@ impl Drop for AcceptLoop {
     }
 }
 
-/// Starts the accept loop on its own thread; sessions are spawned on `sessions_on`.
+/// Starts the accept loops (one per listener) on their own thread; sessions are
+/// spawned on `sessions_on`.
 pub fn spawn(
-    bound: BoundListener,
+    bound: Vec<BoundListener>,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     sessions_on: Handle,
@@ -130,20 +150,24 @@ pub fn spawn(
         .name("smtp-accept".into())
         .spawn(move || {
             runtime.block_on(async move {
-                match TcpListener::from_std(bound.socket) {
-                    Ok(listener) => {
-                        Listener {
-                            listener,
-                            shared,
-                            sessions,
-                            sessions_on,
-                            abandoned: abandoned_by_owner,
+                let mut loops = tokio::task::JoinSet::new();
+                for bound in bound {
+                    match TcpListener::from_std(bound.socket) {
+                        Ok(listener) => {
+                            let accept = Listener {
+                                listener,
+                                port: bound.port,
+                                shared: shared.clone(),
+                                sessions: sessions.clone(),
+                                sessions_on: sessions_on.clone(),
+                                abandoned: abandoned_by_owner.clone(),
+                            };
+                            loops.spawn(accept.run());
                         }
-                        .run()
-                        .await
+                        Err(e) => tracing::error!(error = %e, "cannot register the SMTP listener"),
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot register the SMTP listener"),
                 }
+                while loops.join_next().await.is_some() {}
             });
             let _ = done.send(());
         })?;
@@ -152,6 +176,7 @@ pub fn spawn(
 
 struct Listener {
     listener: TcpListener,
+    port: Port,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     sessions_on: Handle,
@@ -180,10 +205,17 @@ impl Listener {
             };
             match self.shared.admission.admit(peer.ip()) {
                 Ok(permit) => self.start_session(socket, peer, permit),
-                Err(refusal) => refuse(socket, peer, refusal, &self.shared, &lingering),
+                Err(refusal) => match self.port {
+                    Port::Smtp => refuse(socket, peer, refusal, &self.shared, &lingering),
+                    Port::ImplicitTls => {
+                        self.shared.metrics.reject_connection(refusal);
+                        tracing::info!(%peer, reason = refusal.reason(), port = "implicit_tls", "connection refused (closed)");
+                        drop(socket);
+                    }
+                },
             }
         }
-        tracing::info!("stopped accepting connections");
+        tracing::info!(port = ?self.port, "stopped accepting connections");
     }
 
     /// Hands an admitted socket over to the main runtime, where its session runs.
@@ -203,11 +235,12 @@ impl Listener {
         };
         let shared = self.shared.clone();
         shared.metrics.connections_accepted.inc();
+        let port = self.port;
         self.sessions.spawn_on(
             async move {
                 let _permit = permit;
                 match TcpStream::from_std(socket) {
-                    Ok(socket) => serve(socket, peer, shared).await,
+                    Ok(socket) => serve(socket, peer, port, shared).await,
                     Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
                 }
             },
@@ -216,11 +249,14 @@ impl Listener {
     }
 }
 
-async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve(socket: TcpStream, peer: SocketAddr, port: Port, shared: Arc<Shared>) {
     let started = Instant::now();
     shared.metrics.active_connections.inc();
-    tracing::info!(%peer, "connection opened");
-    let (end, messages) = Session::new(socket, peer, shared.clone()).run().await;
+    tracing::info!(%peer, ?port, "connection opened");
+    let (end, messages) = match port {
+        Port::Smtp => session::serve(socket, peer, shared.clone()).await,
+        Port::ImplicitTls => session::serve_implicit_tls(socket, peer, shared.clone()).await,
+    };
     shared.metrics.active_connections.dec();
     tracing::info!(
         %peer,

@@ -35,6 +35,11 @@ enum Command {
     /// on loopback (or admin_bind); with admin_port `auto`, the address the running
     /// server wrote to admin_addr_file.
     Healthcheck(HealthcheckArgs),
+    /// Read a password from stdin (its first line) and print its argon2id PHC hash,
+    /// for a `user:<hash>` line of the auth_users file.
+    ///
+    /// Example: `printf '%s' "$PASSWORD" | smtp-server hash-password`
+    HashPassword,
 }
 
 #[derive(Args, Debug)]
@@ -60,7 +65,7 @@ enum LogFormat {
 /// `server::Config::add_args`.
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// TOML configuration file ([server], [resources], [memory] sections).
+    /// TOML configuration file ([server], [resources], [memory], [tls], [auth] sections).
     #[arg(long, env = "SMTP_CONFIG")]
     config: Option<PathBuf>,
     /// Log format. The filter comes from RUST_LOG (default: info).
@@ -92,11 +97,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Some(Command::Healthcheck(args)) = cli.command {
-        let Some(("healthcheck", sub)) = matches.subcommand() else {
-            unreachable!("clap parsed the healthcheck subcommand");
-        };
-        return healthcheck(&args, sub);
+    match cli.command {
+        Some(Command::Healthcheck(args)) => {
+            let Some(("healthcheck", sub)) = matches.subcommand() else {
+                unreachable!("clap parsed the healthcheck subcommand");
+            };
+            return healthcheck(&args, sub);
+        }
+        Some(Command::HashPassword) => return hash_password(),
+        None => {}
     }
     init_tracing(cli.run.log_format);
     // An error that ends the process is said once, on stderr: logging it as well
@@ -111,6 +120,11 @@ fn main() -> ExitCode {
     };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        // A certificate, key or users file that cannot be used is found at start.
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("smtp-server: {e:#}");
+            ExitCode::from(BAD_CONFIG)
+        }
         Err(e) => {
             eprintln!("smtp-server: {e:#}");
             ExitCode::FAILURE
@@ -154,6 +168,32 @@ fn healthcheck(args: &HealthcheckArgs, matches: &ArgMatches) -> ExitCode {
     }
 }
 
+/// `smtp-server hash-password`: the password is read from stdin so that it never
+/// shows in the process list or the shell history.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("smtp-server hash-password: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("smtp-server hash-password: empty password (give it on stdin)");
+        return ExitCode::from(BAD_CONFIG);
+    }
+    match server::auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp-server hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -168,30 +208,47 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Installed before the "listening" line: a SIGTERM sent as soon as that line
+    // appears must drain, not kill the process with the default action.
+    let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let running = server::start(config).await?;
     let admin = running
         .admin_addr()
         .map_or_else(|| "disabled".to_string(), |a| a.to_string());
+    let implicit_tls = running
+        .implicit_tls_addr()
+        .map_or_else(|| "disabled".to_string(), |a| a.to_string());
     tracing::info!(
         smtp_addr = %running.smtp_addr(),
+        implicit_tls_addr = %implicit_tls,
         admin_addr = %admin,
         "smtp-server listening"
     );
-    wait_for_signal()
-        .await
-        .context("cannot install signal handlers")?;
+    signals.received().await;
     tracing::info!("shutdown requested, draining sessions");
     running.shutdown();
     running.wait().await
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment of installation.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -17,6 +17,45 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+/// How a TLS handshake ended (label values).
+pub mod tls_handshake {
+    pub const OK: &str = "ok";
+    pub const FAILED: &str = "failed";
+    pub const TIMEOUT: &str = "timeout";
+    pub const ALL: [&str; 3] = [OK, FAILED, TIMEOUT];
+}
+
+/// TLS protocol versions of established sessions (label values; others are counted
+/// as `other`, which rustls as configured here never negotiates).
+pub mod tls_version {
+    pub const TLS12: &str = "TLSv1.2";
+    pub const TLS13: &str = "TLSv1.3";
+    pub const ALL: [&str; 2] = [TLS12, TLS13];
+}
+
+/// How an AUTH attempt ended (label values).
+pub mod auth_attempt {
+    /// 235: the credentials were right.
+    pub const SUCCESS: &str = "success";
+    /// 535: wrong user or password (and the failure that trips the guard).
+    pub const FAILURE: &str = "failure";
+    /// 501: bad base64, a bad PLAIN message, or cancelled with `*`.
+    pub const MALFORMED: &str = "malformed";
+    /// 421: the address has too many recent failures.
+    pub const BLOCKED: &str = "blocked";
+    pub const ALL: [&str; 4] = [SUCCESS, FAILURE, MALFORMED, BLOCKED];
+}
+
 /// Why a message was not accepted (label values).
 pub mod message_rejection {
     pub const SIZE: &str = "size";
@@ -39,7 +78,15 @@ pub mod session_end {
     pub const SESSION_TIMEOUT: &str = "session_timeout";
     pub const HANDSHAKE_TIMEOUT: &str = "connection_timeout";
     pub const SHUTDOWN: &str = "shutdown";
-    pub const ALL: [&str; 4] = [IDLE_TIMEOUT, SESSION_TIMEOUT, HANDSHAKE_TIMEOUT, SHUTDOWN];
+    /// Too many failed AUTH attempts from the peer's address.
+    pub const AUTH_FAILURES: &str = "auth_failures";
+    pub const ALL: [&str; 5] = [
+        IDLE_TIMEOUT,
+        SESSION_TIMEOUT,
+        HANDSHAKE_TIMEOUT,
+        SHUTDOWN,
+        AUTH_FAILURES,
+    ];
 }
 
 pub struct Metrics {
@@ -54,6 +101,9 @@ pub struct Metrics {
     pub memory_accounted_bytes: Gauge<u64, AtomicU64>,
     pub memory_rss_bytes: Gauge<u64, AtomicU64>,
     pub memory_limit_bytes: Gauge<u64, AtomicU64>,
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    pub tls_sessions: Family<VersionLabel, Counter>,
+    pub auth_attempts: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +127,9 @@ impl Metrics {
             memory_accounted_bytes: Gauge::default(),
             memory_rss_bytes: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
+            tls_handshakes: Family::default(),
+            tls_sessions: Family::default(),
+            auth_attempts: Family::default(),
         };
         // Create every labelled series up front so that scrapes show zeros rather
         // than missing series.
@@ -93,6 +146,30 @@ impl Metrics {
                 .sessions_closed_by_server
                 .get_or_create(&ReasonLabel { reason });
         }
+        for result in tls_handshake::ALL {
+            let _ = m.tls_handshakes.get_or_create(&ResultLabel { result });
+        }
+        for version in tls_version::ALL {
+            let _ = m.tls_sessions.get_or_create(&VersionLabel { version });
+        }
+        for result in auth_attempt::ALL {
+            let _ = m.auth_attempts.get_or_create(&ResultLabel { result });
+        }
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes (STARTTLS and implicit TLS), by result",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_sessions",
+            "TLS sessions established, by protocol version",
+            m.tls_sessions.clone(),
+        );
+        registry.register(
+            "auth_attempts",
+            "AUTH attempts, by result",
+            m.auth_attempts.clone(),
+        );
         registry.register(
             "connections_accepted",
             "Connections admitted to a session",
@@ -172,6 +249,50 @@ impl Metrics {
         self.sessions_closed_by_server
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn tls_session(&self, version: &'static str) {
+        self.tls_sessions
+            .get_or_create(&VersionLabel { version })
+            .inc();
+    }
+
+    pub fn auth_attempt(&self, result: &'static str) {
+        self.auth_attempts
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// The counters of a family labelled by result, for the labels in `results`.
+    pub fn by_result(
+        family: &Family<ResultLabel, Counter>,
+        results: &[&'static str],
+    ) -> BTreeMap<String, u64> {
+        results
+            .iter()
+            .filter_map(|&result| {
+                let count = family.get(&ResultLabel { result })?.get();
+                Some((result.to_string(), count))
+            })
+            .collect()
+    }
+
+    /// Sessions by TLS version, including any version outside [`tls_version::ALL`].
+    pub fn by_version(&self) -> BTreeMap<String, u64> {
+        tls_version::ALL
+            .iter()
+            .chain(&["other"])
+            .filter_map(|&version| {
+                let count = self.tls_sessions.get(&VersionLabel { version })?.get();
+                Some((version.to_string(), count))
+            })
+            .collect()
     }
 
     pub fn by_reason(family: &Family<ReasonLabel, Counter>) -> BTreeMap<String, u64> {

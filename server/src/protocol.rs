@@ -8,7 +8,12 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use smtp_proto::{Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8,
+    Request,
+};
+
+use crate::auth::Mechanism;
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including the CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -37,8 +42,16 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    /// RFC 3207.
+    StartTls,
+    /// RFC 4954: `None` for a mechanism this server does not implement; the initial
+    /// response as sent (base64, `=` for an empty one), if any.
+    Auth {
+        mechanism: Option<Mechanism>,
+        initial_response: Option<String>,
+    },
     /// A registered SMTP command that this server does not implement (EXPN, BDAT,
-    /// AUTH, STARTTLS, ...): answered 502.
+    /// ...): answered 502.
     NotImplemented(&'static str),
 }
 
@@ -160,14 +173,15 @@ fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
         Request::Ehlo { host } => Command::Ehlo { host: host.into() },
         Request::Helo { host } => Command::Helo { host: host.into() },
         Request::Mail { from } => {
-            // Only the extensions advertised in the EHLO reply are honoured.
+            // Only the extensions advertised in the EHLO reply are honoured. `AUTH=`
+            // (RFC 4954 5) is accepted and ignored, which the RFC allows ("treat it as
+            // <>"): a client that authenticated may send it on every MAIL.
             const HONOURED: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
             let unsupported = from.flags & !HONOURED != 0
                 || from.trans_id.is_some()
                 || from.env_id.is_some()
                 || from.solicit.is_some()
                 || from.mtrk.is_some()
-                || from.auth.is_some()
                 || from.by != 0
                 || from.hold_for != 0
                 || from.hold_until != 0
@@ -202,6 +216,18 @@ fn parse_with_smtp_proto(line: &[u8]) -> Result<Command, CommandError> {
         Request::Quit => Command::Quit,
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Help { .. } => Command::Help,
+        Request::StartTls => Command::StartTls,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Command::Auth {
+            mechanism: match mechanism {
+                AUTH_PLAIN => Some(Mechanism::Plain),
+                AUTH_LOGIN => Some(Mechanism::Login),
+                _ => None,
+            },
+            initial_response: (!initial_response.is_empty()).then(|| initial_response.into()),
+        },
         other => Command::NotImplemented(other.name()),
     })
 }
@@ -355,6 +381,52 @@ impl Reply {
     pub fn shutting_down() -> Self {
         Self::new(421, "4.3.2", "Server shutting down; closing connection")
     }
+    /// RFC 3207 4: the client starts its handshake after this.
+    pub fn ready_to_start_tls() -> Self {
+        Self::new(220, "2.0.0", "Ready to start TLS")
+    }
+    /// RFC 3207 4: a server that requires TLS answers other commands so.
+    pub fn tls_required() -> Self {
+        Self::new(530, "5.7.0", "Must issue a STARTTLS command first")
+    }
+    /// RFC 4954 6.
+    pub fn auth_required() -> Self {
+        Self::new(530, "5.7.0", "Authentication required")
+    }
+    /// RFC 4954 6.
+    pub fn encryption_required() -> Self {
+        Self::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    pub fn auth_succeeded() -> Self {
+        Self::new(235, "2.7.0", "Authentication successful")
+    }
+    pub fn auth_invalid() -> Self {
+        Self::new(535, "5.7.8", "Authentication credentials invalid")
+    }
+    pub fn auth_malformed() -> Self {
+        Self::new(501, "5.5.2", "Cannot decode the authentication data")
+    }
+    pub fn auth_cancelled() -> Self {
+        Self::new(501, "5.5.2", "Authentication cancelled")
+    }
+    pub fn auth_unknown_mechanism() -> Self {
+        Self::new(504, "5.5.4", "Unrecognized authentication type")
+    }
+    pub fn auth_blocked() -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            "Too many authentication failures; closing connection",
+        )
+    }
+    /// A SASL challenge (RFC 4954 4): `334` and base64 text, no status code.
+    pub fn sasl_challenge(base64: &'static str) -> Self {
+        Self::new(334, "", base64)
+    }
 }
 
 fn write_line(
@@ -393,6 +465,10 @@ pub enum Response {
     Ehlo {
         greeting: String,
         max_message_size: u64,
+        /// STARTTLS is offered (TLS configured and not yet active).
+        starttls: bool,
+        /// AUTH PLAIN LOGIN is offered.
+        auth: bool,
     },
 }
 
@@ -401,6 +477,25 @@ impl Response {
         Response::Ehlo {
             greeting: format!("{domain} greets {client}"),
             max_message_size,
+            starttls: false,
+            auth: false,
+        }
+    }
+
+    /// The EHLO reply with STARTTLS and AUTH offered as given (no effect on others).
+    pub fn offering(self, offer_starttls: bool, offer_auth: bool) -> Self {
+        match self {
+            Response::Ehlo {
+                greeting,
+                max_message_size,
+                ..
+            } => Response::Ehlo {
+                greeting,
+                max_message_size,
+                starttls: offer_starttls,
+                auth: offer_auth,
+            },
+            other => other,
         }
     }
 
@@ -419,17 +514,25 @@ impl Response {
             Response::Ehlo {
                 greeting,
                 max_message_size,
+                starttls,
+                auth,
             } => {
                 let size = format!("SIZE {max_message_size}");
-                let lines = [
+                let mut lines = vec![
                     greeting.as_str(),
                     "PIPELINING",
                     &size,
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
                     "SMTPUTF8",
-                    "HELP",
                 ];
+                if *starttls {
+                    lines.push("STARTTLS");
+                }
+                if *auth {
+                    lines.push("AUTH PLAIN LOGIN");
+                }
+                lines.push("HELP");
                 let last = lines.len() - 1;
                 for (i, line) in lines.iter().enumerate() {
                     let sep = if i == last { ' ' } else { '-' };
@@ -496,6 +599,36 @@ mod tests {
     }
 
     #[test]
+    fn auth_commands_parse_into_mechanism_and_initial_response() {
+        let auth = |mechanism, initial: Option<&str>| {
+            Ok(Command::Auth {
+                mechanism,
+                initial_response: initial.map(String::from),
+            })
+        };
+        let rows: [(&[u8], Result<Command, CommandError>); 6] = [
+            (b"AUTH PLAIN\r\n", auth(Some(Mechanism::Plain), None)),
+            (
+                b"auth plain AGEAYg==\r\n",
+                auth(Some(Mechanism::Plain), Some("AGEAYg==")),
+            ),
+            (
+                b"AUTH LOGIN dXNlcg==\r\n",
+                auth(Some(Mechanism::Login), Some("dXNlcg==")),
+            ),
+            (b"AUTH PLAIN =\r\n", auth(Some(Mechanism::Plain), Some("="))),
+            (b"AUTH CRAM-MD5\r\n", auth(None, None)),
+            (
+                b"AUTH\r\n",
+                Err(CommandError::Syntax("AUTH mechanism [initial-response]")),
+            ),
+        ];
+        for (line, expected) in rows {
+            assert_eq!(parse_command(line), expected, "{line:?}");
+        }
+    }
+
+    #[test]
     fn null_reverse_path_is_accepted() {
         assert_eq!(
             parse_command(b"MAIL FROM:<>\r\n"),
@@ -512,6 +645,17 @@ mod tests {
         assert_eq!(
             parse_command(b"EXPN list\r\n"),
             Ok(Command::NotImplemented("EXPN"))
+        );
+    }
+
+    #[test]
+    fn the_auth_parameter_of_mail_is_accepted_and_ignored() {
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> AUTH=<>\r\n"),
+            Ok(Command::Mail {
+                from: "a@b.example".into(),
+                size: None
+            })
         );
     }
 
@@ -572,5 +716,15 @@ mod tests {
         assert!(text.contains("250-SIZE 100\r\n"));
         assert!(text.contains("250-PIPELINING\r\n"));
         assert!(text.ends_with("250 HELP\r\n"));
+        assert!(!text.contains("STARTTLS") && !text.contains("AUTH"));
+        let mut out = Vec::new();
+        Response::ehlo("mx", "client", 100)
+            .offering(true, true)
+            .write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n"),
+            "{text}"
+        );
     }
 }

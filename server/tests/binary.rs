@@ -20,6 +20,8 @@ struct Server {
     admin: Option<SocketAddr>,
     /// The line that announced the listen addresses, as printed.
     startup: String,
+    /// The lines logged before it.
+    before_startup: Vec<String>,
 }
 
 impl Drop for Server {
@@ -109,6 +111,7 @@ fn spawn(mut cmd: Command) -> Server {
         smtp: SocketAddr::from(([0, 0, 0, 0], 0)),
         admin: None,
         startup: String::new(),
+        before_startup: Vec::new(),
     };
     let stdout = server.child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -133,6 +136,7 @@ fn spawn(mut cmd: Command) -> Server {
             server.startup = line;
             return server;
         }
+        server.before_startup.push(line);
     }
 }
 
@@ -441,4 +445,129 @@ async fn healthcheck_exits_1_when_health_answers_503() {
         &admin.port().to_string(),
     ]));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// TLS and AUTH keys that cannot work, alone or together, are configuration errors
+/// (exit 2) naming the key, and the file when one is involved.
+#[test]
+fn unusable_tls_and_auth_settings_are_configuration_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "# users\nalice:secret\nbob\n").unwrap();
+    let users = users.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 9] = [
+        (&["--require-tls"], &["require_tls", "tls_cert"]),
+        (&["--tls-cert", not_pem], &["tls_cert", "tls_key"]),
+        (
+            &["--tls-cert", "/nonexistent/cert.pem", "--tls-key", not_pem],
+            &["tls_cert", "/nonexistent/cert.pem"],
+        ),
+        (
+            &["--tls-cert", not_pem, "--tls-key", not_pem],
+            &["tls_cert", "no PEM CERTIFICATE", "not.pem"],
+        ),
+        (&["--implicit-tls-port", "0"], &["implicit_tls_port"]),
+        (&["--require-auth"], &["require_auth", "auth_users"]),
+        (
+            &["--tls-ca-out", not_pem],
+            &["tls_ca_out", "tls_self_signed"],
+        ),
+        (
+            &["--auth-users", users],
+            &["auth_users", "auth_allow_plaintext"],
+        ),
+        (
+            &["--auth-users", users, "--tls-self-signed"],
+            &["auth_users", "users:3"],
+        ),
+    ];
+    for (args, says) in cases {
+        let out = output(refused_command(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in says {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: {needle} not in {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_self_signed_server_logs_its_fingerprint_and_implicit_tls_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let mut cmd = command(&[
+        "--admin-port",
+        "0",
+        "--tls-self-signed",
+        "--tls-ca-out",
+        ca.to_str().unwrap(),
+        "--implicit-tls-port",
+        "0",
+    ]);
+    cmd.env("SMTP_REQUIRE_TLS", "true");
+    let server = spawn(cmd);
+    let implicit: SocketAddr = field(&server.startup, "implicit_tls_addr")
+        .expect("implicit_tls_addr logged")
+        .parse()
+        .expect("an address");
+    assert_ne!(implicit.port(), 0);
+    let pem = std::fs::read_to_string(&ca).expect("CA written");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let fingerprint = server
+        .before_startup
+        .iter()
+        .find_map(|l| field(l, "tls_certificate_sha256"))
+        .expect("tls_certificate_sha256 logged at start");
+    assert!(
+        fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fingerprint}"
+    );
+    // SMTP_REQUIRE_TLS=true took effect.
+    let mut c = Client::ready(server.smtp).await;
+    c.cmd("MAIL FROM:<a@b.example>").await.assert(530, "5.7.0");
+}
+
+/// `hash-password` prints a PHC string that the users file accepts, and a server
+/// started with it authenticates the password.
+#[tokio::test]
+async fn hash_password_output_works_in_the_users_file() {
+    use std::io::Write;
+    let mut child = command(&["hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("s3cret"), "{hash}");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, format!("carol:{hash}\n")).unwrap();
+    let server = common::start_with(move |c| {
+        c.auth_users = Some(users);
+        c.auth_allow_plaintext = true;
+    })
+    .await;
+    let mut c = Client::ready(server.smtp_addr()).await;
+    use base64::Engine;
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0carol\0s3cret pass");
+    c.cmd(&format!("AUTH PLAIN {plain}"))
+        .await
+        .assert(235, "2.7.0");
+    common::stop(server).await;
 }

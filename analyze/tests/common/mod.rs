@@ -267,6 +267,7 @@ impl Builder {
             timeline_bucket_s: self.bucket_s,
             histograms: Some(histograms),
             resources,
+            tls: None,
         }
     }
 

@@ -1,14 +1,21 @@
-//! A tiny scriptable SMTP server for tests: it can stall, refuse, drop connections
-//! and records every message it receives.
+//! A tiny scriptable SMTP server for tests: it can stall, refuse, drop connections,
+//! speak STARTTLS or implicit TLS with a certificate made for the test, check
+//! AUTH PLAIN/LOGIN, and records every message, command and login it receives.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{HandshakeKind, ServerConfig};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// What the server does at the end of data of message number `n` (0-based,
 /// counted over the whole server).
@@ -25,8 +32,97 @@ pub enum Action {
 
 pub type Script = Arc<dyn Fn(u64) -> Action + Send + Sync>;
 
-/// How long a server with `hold_after_quit` keeps a socket open after its 221.
-const HOLD_AFTER_QUIT: Duration = Duration::from_secs(5);
+/// How long a server with `hold_after_quit` keeps a socket open after its 221,
+/// and how long one told to stall its handshake holds the connection.
+const HOLD: Duration = Duration::from_secs(5);
+
+/// A throwaway CA and a leaf certificate it signed for `localhost` and
+/// `127.0.0.1`, with the CA written as PEM for `--tls-ca`.
+pub struct TestPki {
+    pub ca_pem: PathBuf,
+    pub server: Arc<ServerConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Stampede test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        TestPki {
+            ca_pem,
+            server: Arc::new(server),
+            _dir: dir,
+        }
+    }
+
+    /// `--tls-ca <the CA>`.
+    pub fn ca_path(&self) -> &str {
+        self.ca_pem.to_str().unwrap()
+    }
+}
+
+/// How a [`TestServer`] speaks TLS.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// TLS from the first byte; otherwise STARTTLS.
+    pub implicit: bool,
+    /// List STARTTLS in the EHLO reply (a server can be told not to, and then
+    /// refuses the command as unknown).
+    pub offer_starttls: bool,
+    /// Never answer the ClientHello: hold the connection for [`HOLD`].
+    pub stall_handshake: bool,
+    /// Send a plaintext line right behind the 220 to STARTTLS, in the same
+    /// write, as a man in the middle injecting a reply would (RFC 3207 5).
+    pub inject_after_starttls: bool,
+}
+
+impl ServerTls {
+    pub fn starttls(pki: &TestPki) -> ServerTls {
+        ServerTls {
+            config: Arc::clone(&pki.server),
+            implicit: false,
+            offer_starttls: true,
+            stall_handshake: false,
+            inject_after_starttls: false,
+        }
+    }
+
+    pub fn implicit(pki: &TestPki) -> ServerTls {
+        ServerTls {
+            implicit: true,
+            ..ServerTls::starttls(pki)
+        }
+    }
+}
 
 /// How a [`TestServer`] behaves.
 pub struct Options {
@@ -38,8 +134,11 @@ pub struct Options {
     /// A reply to every RCPT instead of 250.
     pub rcpt_reply: Option<&'static str>,
     /// After 221, keep the socket open until the client closes it (or for
-    /// [`HOLD_AFTER_QUIT`]), as some servers do, instead of closing first.
+    /// [`HOLD`]), as some servers do, instead of closing first.
     pub hold_after_quit: bool,
+    pub tls: Option<ServerTls>,
+    /// Accepted `(user, password)`s; AUTH PLAIN LOGIN is offered when set.
+    pub auth: Option<Vec<(&'static str, &'static str)>>,
 }
 
 impl Default for Options {
@@ -50,6 +149,8 @@ impl Default for Options {
             pipelining: true,
             rcpt_reply: None,
             hold_after_quit: false,
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -61,12 +162,37 @@ pub struct Received {
     pub headers: String,
 }
 
+/// What the server saw, shared with its sessions.
+#[derive(Default)]
+pub struct Seen {
+    pub received: Mutex<Vec<Received>>,
+    pub connections: AtomicU64,
+    pub eods: AtomicU64,
+    /// MAIL commands, whatever the answer.
+    pub mails: AtomicU64,
+    /// Every line sent during an AUTH exchange, as sent.
+    pub auth_lines: Mutex<Vec<String>>,
+    /// The user of every successful AUTH.
+    pub logins: Mutex<Vec<String>>,
+    pub handshakes: AtomicU64,
+    pub resumed: AtomicU64,
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub connections: Arc<AtomicU64>,
     pub eods: Arc<AtomicU64>,
+    pub seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One session's settings and the shared record.
+struct Ctx {
+    options: Options,
+    seen: Arc<Seen>,
+    received: Arc<Mutex<Vec<Received>>>,
+    eods: Arc<AtomicU64>,
 }
 
 impl TestServer {
@@ -96,38 +222,38 @@ impl TestServer {
             mail: mail_script,
             pipelining,
             rcpt_reply,
-            hold_after_quit: false,
+            ..Options::default()
         })
         .await
     }
 
     pub async fn start_options(options: Options) -> TestServer {
-        let Options {
-            eod: script,
-            mail: mail_script,
-            pipelining,
-            rcpt_reply,
-            hold_after_quit,
-        } = options;
-        let mails = Arc::new(AtomicU64::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
         let eods = Arc::new(AtomicU64::new(0));
-        let (r, c, e) = (received.clone(), connections.clone(), eods.clone());
+        let seen = Arc::new(Seen::default());
+        let ctx = Arc::new(Ctx {
+            options,
+            seen: Arc::clone(&seen),
+            received: Arc::clone(&received),
+            eods: Arc::clone(&eods),
+        });
+        let c = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
+                // As servers do: without it, a reply written behind the TLS 1.3
+                // session tickets waits for their ACK (Nagle), 40 ms each time.
+                let _ = sock.set_nodelay(true);
                 c.fetch_add(1, Ordering::SeqCst);
-                let (script, r, e) = (script.clone(), r.clone(), e.clone());
-                let (mail_script, mails) = (mail_script.clone(), mails.clone());
+                ctx.seen.connections.fetch_add(1, Ordering::SeqCst);
+                let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
-                    let mail = (mail_script, mails);
-                    let behaviour = (pipelining, rcpt_reply, hold_after_quit);
-                    let _ = session(sock, script, mail, r, e, behaviour).await;
+                    let _ = session(sock, ctx).await;
                 });
             }
         });
@@ -136,6 +262,7 @@ impl TestServer {
             received,
             connections,
             eods,
+            seen,
             task,
         }
     }
@@ -146,6 +273,14 @@ impl TestServer {
 
     pub fn messages(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    pub fn logins(&self) -> Vec<String> {
+        self.seen.logins.lock().unwrap().clone()
+    }
+
+    pub fn auth_lines(&self) -> Vec<String> {
+        self.seen.auth_lines.lock().unwrap().clone()
     }
 
     pub fn stop(&self) {
@@ -159,107 +294,264 @@ impl Drop for TestServer {
     }
 }
 
-async fn session(
-    sock: tokio::net::TcpStream,
-    script: Script,
-    (mail_script, mails): (Script, Arc<AtomicU64>),
-    received: Arc<Mutex<Vec<Received>>>,
-    eods: Arc<AtomicU64>,
-    (pipelining, rcpt_reply, hold_after_quit): (bool, Option<&'static str>, bool),
-) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 test ESMTP\r\n").await?;
+/// How a dialogue ended.
+enum Next<S> {
+    Done,
+    /// The client sent STARTTLS and got its 220: the handshake comes next.
+    StartTls(BufReader<S>),
+}
+
+async fn session(sock: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    let tls = ctx.options.tls.clone();
+    match tls {
+        Some(tls) if tls.implicit => {
+            let Some(stream) = handshake(&tls, sock, &ctx.seen).await? else {
+                return Ok(());
+            };
+            dialogue(BufReader::new(stream), &ctx, true).await?;
+        }
+        _ => {
+            if let Next::StartTls(r) = dialogue(BufReader::new(sock), &ctx, false).await?
+                && let Some(tls) = &ctx.options.tls
+                && let Some(stream) = handshake(tls, r.into_inner(), &ctx.seen).await?
+            {
+                dialogue(BufReader::new(stream), &ctx, true).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server side of the handshake, counted; `None` when told to stall.
+async fn handshake(
+    tls: &ServerTls,
+    sock: TcpStream,
+    seen: &Seen,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    if tls.stall_handshake {
+        let mut sock = sock;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(HOLD, async {
+            while sock.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        return Ok(None);
+    }
+    let stream = TlsAcceptor::from(Arc::clone(&tls.config))
+        .accept(sock)
+        .await?;
+    seen.handshakes.fetch_add(1, Ordering::SeqCst);
+    if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+        seen.resumed.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(Some(stream))
+}
+
+async fn write_line<S: AsyncWrite + Unpin>(w: &mut S, line: &str) -> std::io::Result<()> {
+    w.write_all(line.as_bytes()).await?;
+    w.write_all(b"\r\n").await
+}
+
+async fn read_line<S: AsyncRead + Unpin>(
+    r: &mut BufReader<S>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    line.clear();
+    Ok(r.read_until(b'\n', line).await? > 0)
+}
+
+/// The SMTP dialogue over any stream; `secure` once TLS is up. The banner is sent
+/// unless this is the dialogue after STARTTLS.
+async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+    mut r: BufReader<S>,
+    ctx: &Ctx,
+    secure: bool,
+) -> std::io::Result<Next<S>> {
+    let o = &ctx.options;
+    let seen = &ctx.seen;
+    let after_starttls = secure && o.tls.as_ref().is_some_and(|t| !t.implicit);
+    if !after_starttls {
+        r.write_all(b"220 test ESMTP\r\n").await?;
+    }
     let mut line = Vec::new();
     loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(());
+        if !read_line(&mut r, &mut line).await? {
+            return Ok(Next::Done);
         }
         let cmd = String::from_utf8_lossy(&line).to_ascii_uppercase();
         let reply: &[u8] = if cmd.starts_with("EHLO") {
-            if pipelining {
-                b"250-test\r\n250-PIPELINING\r\n250 SIZE 104857600\r\n"
-            } else {
-                b"250-test\r\n250 SIZE 104857600\r\n"
+            let mut ehlo = String::from("250-test\r\n");
+            if o.pipelining {
+                ehlo.push_str("250-PIPELINING\r\n");
             }
+            if !secure && o.tls.as_ref().is_some_and(|t| t.offer_starttls) {
+                ehlo.push_str("250-STARTTLS\r\n");
+            }
+            if o.auth.is_some() {
+                ehlo.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
+            ehlo.push_str("250 SIZE 104857600\r\n");
+            r.write_all(ehlo.as_bytes()).await?;
+            continue;
+        } else if cmd.starts_with("STARTTLS")
+            && !secure
+            && let Some(tls) = &o.tls
+        {
+            if tls.inject_after_starttls {
+                r.write_all(b"220 go ahead\r\n250 injected\r\n").await?;
+                r.flush().await?;
+                return Ok(Next::Done);
+            }
+            r.write_all(b"220 go ahead\r\n").await?;
+            r.flush().await?;
+            return Ok(Next::StartTls(r));
+        } else if cmd.starts_with("AUTH") && o.auth.is_some() {
+            let sent = String::from_utf8_lossy(&line).trim_end().to_string();
+            seen.auth_lines.lock().unwrap().push(sent.clone());
+            let reply = auth(&mut r, &sent, ctx).await?;
+            write_line(&mut r, reply).await?;
+            continue;
         } else if cmd.starts_with("MAIL") {
-            match mail_script(mails.fetch_add(1, Ordering::SeqCst)) {
+            match (o.mail)(seen.mails.fetch_add(1, Ordering::SeqCst)) {
                 Action::Reply(rep) => {
-                    w.write_all(rep.as_bytes()).await?;
-                    w.write_all(b"\r\n").await?;
+                    write_line(&mut r, rep).await?;
                     if rep.starts_with("421") {
-                        return Ok(());
+                        return Ok(Next::Done);
                     }
                     continue;
                 }
-                Action::Drop => return Ok(()),
+                Action::Drop => return Ok(Next::Done),
                 _ => b"250 ok\r\n",
             }
         } else if cmd.starts_with("RSET") {
             b"250 ok\r\n"
         } else if cmd.starts_with("RCPT") {
-            match rcpt_reply {
+            match o.rcpt_reply {
                 Some(rep) => {
-                    w.write_all(rep.as_bytes()).await?;
-                    w.write_all(b"\r\n").await?;
+                    write_line(&mut r, rep).await?;
                     continue;
                 }
                 None => b"250 ok\r\n",
             }
         } else if cmd.starts_with("DATA") {
-            if rcpt_reply.is_some() {
+            if o.rcpt_reply.is_some() {
                 b"554 no valid recipients\r\n"
             } else {
-                w.write_all(b"354 go\r\n").await?;
+                r.write_all(b"354 go\r\n").await?;
                 let mut msg = Vec::new();
                 loop {
-                    line.clear();
-                    if r.read_until(b'\n', &mut line).await? == 0 {
-                        return Ok(());
+                    if !read_line(&mut r, &mut line).await? {
+                        return Ok(Next::Done);
                     }
                     if line == b".\r\n" {
                         break;
                     }
                     msg.extend_from_slice(&line);
                 }
-                let n = eods.fetch_add(1, Ordering::SeqCst);
+                let n = ctx.eods.fetch_add(1, Ordering::SeqCst);
                 let hend = msg
                     .windows(4)
                     .position(|x| x == b"\r\n\r\n")
                     .unwrap_or(msg.len());
-                received.lock().unwrap().push(Received {
+                ctx.received.lock().unwrap().push(Received {
                     len: msg.len(),
                     headers: String::from_utf8_lossy(&msg[..hend]).into_owned(),
                 });
-                match script(n) {
+                match (o.eod)(n) {
                     Action::Accept => b"250 queued\r\n",
                     Action::Stall(d) => {
                         tokio::time::sleep(d).await;
                         b"250 queued\r\n"
                     }
                     Action::Reply(rep) => {
-                        w.write_all(rep.as_bytes()).await?;
-                        w.write_all(b"\r\n").await?;
+                        write_line(&mut r, rep).await?;
                         if rep.starts_with("421") {
-                            return Ok(());
+                            return Ok(Next::Done);
                         }
                         continue;
                     }
-                    Action::Drop => return Ok(()),
+                    Action::Drop => return Ok(Next::Done),
                 }
             }
         } else if cmd.starts_with("QUIT") {
-            w.write_all(b"221 bye\r\n").await?;
-            if hold_after_quit {
+            r.write_all(b"221 bye\r\n").await?;
+            r.flush().await?;
+            if o.hold_after_quit {
                 let mut sink = [0u8; 64];
-                let _ = tokio::time::timeout(HOLD_AFTER_QUIT, r.read(&mut sink)).await;
+                let _ = tokio::time::timeout(HOLD, r.read(&mut sink)).await;
             }
-            return Ok(());
+            return Ok(Next::Done);
         } else {
             b"502 unknown\r\n"
         };
-        w.write_all(reply).await?;
+        r.write_all(reply).await?;
+    }
+}
+
+/// One AUTH exchange, `command` being the AUTH line; the final reply to send.
+async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+    r: &mut BufReader<S>,
+    command: &str,
+    ctx: &Ctx,
+) -> std::io::Result<&'static str> {
+    let mut words = command.split_ascii_whitespace().skip(1);
+    let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+    let initial = words.next().map(str::to_string);
+    // Reads the client's answer to a challenge; `None` when cancelled or gone.
+    let mut line = Vec::new();
+    let mut answer = async |challenge: &str| -> std::io::Result<Option<String>> {
+        write_line(r, challenge).await?;
+        if !read_line(r, &mut line).await? {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        ctx.seen.auth_lines.lock().unwrap().push(text.clone());
+        Ok((text != "*").then_some(text))
+    };
+    let decode = |b64: &str| {
+        BASE64
+            .decode(b64)
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+    };
+    let (user, password) = match mechanism.as_str() {
+        "PLAIN" => {
+            let blob = match initial {
+                Some(b) => b,
+                None => match answer("334 ").await? {
+                    Some(b) => b,
+                    None => return Ok("501 5.5.2 cancelled"),
+                },
+            };
+            let Some(text) = decode(&blob) else {
+                return Ok("501 5.5.2 bad base64");
+            };
+            let mut parts = text.split('\0').skip(1);
+            match (parts.next(), parts.next()) {
+                (Some(u), Some(p)) => (u.to_string(), p.to_string()),
+                _ => return Ok("501 5.5.2 bad PLAIN"),
+            }
+        }
+        "LOGIN" => {
+            let Some(u) = answer("334 VXNlcm5hbWU6").await? else {
+                return Ok("501 5.5.2 cancelled");
+            };
+            let Some(p) = answer("334 UGFzc3dvcmQ6").await? else {
+                return Ok("501 5.5.2 cancelled");
+            };
+            match (decode(&u), decode(&p)) {
+                (Some(u), Some(p)) => (u, p),
+                _ => return Ok("501 5.5.2 bad base64"),
+            }
+        }
+        _ => return Ok("504 5.5.4 unknown mechanism"),
+    };
+    let users = ctx.options.auth.as_deref().unwrap_or_default();
+    if users.iter().any(|(u, p)| *u == user && *p == password) {
+        ctx.seen.logins.lock().unwrap().push(user);
+        Ok("235 2.7.0 Authentication successful")
+    } else {
+        Ok("535 5.7.8 Authentication credentials invalid")
     }
 }
 

@@ -5,8 +5,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use server::{Config, RunningServer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+pub mod tls;
+
+/// Any stream a test client talks over: TCP, or TLS on top of it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// How long a test waits for any single reply before failing.
 pub const REPLY_WAIT: Duration = Duration::from_secs(5);
@@ -77,16 +83,31 @@ impl Reply {
 }
 
 pub struct Client {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
+        Client::over(stream)
+    }
+
+    /// A client on an established stream.
+    pub fn over(stream: impl Stream + 'static) -> Client {
         Client {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(Box::new(stream)),
         }
+    }
+
+    /// The stream under the client; panics if the server sent bytes not read yet.
+    pub fn into_stream(self) -> Box<dyn Stream> {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "unread bytes from the server: {:?}",
+            String::from_utf8_lossy(self.reader.buffer())
+        );
+        self.reader.into_inner()
     }
 
     /// Connects from a chosen loopback address (127.0.0.2, 127.0.0.3, ...), so that a
@@ -98,9 +119,7 @@ impl Client {
             .unwrap_or_else(|e| panic!("bind the client to {local}: {e}"));
         let stream = socket.connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
-        Client {
-            reader: BufReader::new(stream),
-        }
+        Client::over(stream)
     }
 
     /// Connects and reads the 220 banner.
@@ -193,6 +212,26 @@ impl Client {
             Ok(Ok(_)) => false,
             Err(_) => false,
         }
+    }
+}
+
+impl Client {
+    /// True when the server closes the connection within the wait, whatever it sends
+    /// before (a TLS alert, say). Reads at most 64 KiB.
+    pub async fn closes_after_any_output(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        let read_to_end = async {
+            for _ in 0..64 {
+                match self.reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+            false
+        };
+        tokio::time::timeout(REPLY_WAIT, read_to_end)
+            .await
+            .unwrap_or(false)
     }
 }
 
