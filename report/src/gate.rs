@@ -199,10 +199,14 @@ impl Gate {
         }
     }
 
-    /// Judges the gate on a finished run. A figure the result does not hold fails.
+    /// Judges the gate on a finished run. A figure the result does not hold fails;
+    /// so does a latency of a run in which no message succeeded, whose latency
+    /// figures are zeros that measured nothing.
     pub fn evaluate(&self, result: &RunResult, basis: LatencyBasis) -> GateOutcome {
         let figure = self.judged_figure(result, basis);
-        let observed = (figure.get)(result);
+        let measured =
+            figure.unit != figures::Unit::Millis || result.metrics.successful_messages > 0;
+        let observed = (figure.get)(result).filter(|_| measured);
         GateOutcome {
             gate: self.text.clone(),
             figure: figure.name.to_string(),
@@ -322,6 +326,7 @@ mod tests {
 
     fn result(p99: f64, corrected_p99: Option<f64>) -> RunResult {
         let mut r = RunResult::default();
+        r.metrics.successful_messages = 1;
         r.metrics.latency_ms = LatencySummary {
             p99,
             ..Default::default()
@@ -366,6 +371,13 @@ mod tests {
         assert!(!o.passed);
         assert_eq!(o.observed, None);
         assert!(o.line().contains("not in this result"), "{}", o.line());
+        // Nothing succeeded: the zeros of the latency summary measured nothing.
+        let mut none_ok = result(0.0, Some(0.0));
+        none_ok.metrics.successful_messages = 0;
+        let o = Gate::parse("p99<=1s")
+            .unwrap()
+            .evaluate(&none_ok, LatencyBasis::AsNamed);
+        assert_eq!((o.observed, o.passed), (None, false));
     }
 
     #[test]
