@@ -225,13 +225,20 @@ pub struct Args {
     pub auth_file: Option<PathBuf>,
 
     /// A gate the run must meet, in the grammar of `analyze check`: `p99<=25ms`,
-    /// `success_rate>=99.9`, `failed==0`. Repeatable. Judged at the end of the
+    /// `success_rate>=99.9`, `failed==0`. Repeatable, or a comma list (the
+    /// environment variable's form: `p99<=25ms,success_rate>=99.9`). Judged at the end of the
     /// run; a missed gate exits 99 after the result (with its `gates` key) is
     /// written. Latency figures (avg, p50 .. p99_9, max) are judged on the
     /// coordinated-omission corrected latency where the run measures it
     /// (sustained mode), on the service time otherwise (burst); the result names
     /// the figure judged (`corrected_p99`).
-    #[arg(long = "require", value_name = "GATE", help_heading = "Gates")]
+    #[arg(
+        long = "require",
+        env = "LOADGEN_REQUIRE",
+        value_name = "GATE",
+        value_delimiter = ',',
+        help_heading = "Gates"
+    )]
     pub require: Vec<String>,
 
     /// Stop the run as soon as a --require gate can no longer be met: a count
