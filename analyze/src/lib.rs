@@ -33,6 +33,6 @@ pub use compare::{
 };
 pub use figures::format_ms;
 pub use merge::merge;
-pub use output::{Format, escape as xml_escape};
+pub use output::Format;
 pub use significance::{ALPHA, Method, UTest, u_test};
 pub use tables::{list as list_table, show as show_table, summary as summary_table};

@@ -66,10 +66,19 @@ fn exit_code(result: &RunResult) -> ExitCode {
             "loadgen: gate {:?} could no longer be met; the run was stopped early (exit {EXIT_GATE_MISSED})",
             g.gate
         ),
-        None => eprintln!(
-            "loadgen: {missed} of {} gates missed (exit {EXIT_GATE_MISSED})",
-            gates.len()
-        ),
+        None => {
+            // Named on stderr too, so a `--quiet` run in CI says which.
+            let which: Vec<String> = gates
+                .iter()
+                .filter(|g| !g.passed)
+                .map(|g| format!("{} ({} {})", g.gate, g.figure, g.observed_text()))
+                .collect();
+            eprintln!(
+                "loadgen: {missed} of {} gates missed (exit {EXIT_GATE_MISSED}): {}",
+                gates.len(),
+                which.join(", ")
+            )
+        }
     }
     ExitCode::from(EXIT_GATE_MISSED)
 }

@@ -149,7 +149,7 @@ async fn a_missed_gate_exits_99_after_writing_the_result() {
         "{stdout}"
     );
     assert!(
-        text(&out.stderr).contains("1 of 2 gates missed (exit 99)"),
+        text(&out.stderr).contains("1 of 2 gates missed (exit 99): p99<=1us (corrected_p99 "),
         "{}",
         text(&out.stderr)
     );
