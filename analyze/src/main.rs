@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use analyze::{Catalog, CompareFormat, Entry, Gate, Thresholds};
+use analyze::{Catalog, Entry, Format, Thresholds};
 
 /// Exit status when a regression or a missed gate was found.
 const EXIT_FAILED_GATE: u8 = 1;
@@ -100,9 +100,10 @@ struct CompareArgs {
     /// `p99=10%` or `p99=2ms` for one figure, `timeouts=off` to exempt one. Repeatable.
     #[arg(long, value_name = "[FIGURE=]LIMIT")]
     threshold: Vec<String>,
-    /// Output format; markdown suits a CI step summary.
-    #[arg(long, value_enum, default_value = "table")]
-    format: CompareFormat,
+    /// Output format: text (a terminal), markdown (a CI step summary), json, or
+    /// junit (XML, one test case per figure, failed when it regressed).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -112,6 +113,10 @@ struct CheckArgs {
     /// A gate such as 'messages_per_second>=500', 'p99<=25ms', 'success_rate>=99.9%'.
     #[arg(long = "require", value_name = "GATE", required = true)]
     require: Vec<String>,
+    /// Output format: text (a terminal), markdown (a CI step summary), json, or
+    /// junit (XML, one test case per gate, failed when missed).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -231,25 +236,18 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let gates = args
-        .require
-        .iter()
-        .map(|g| Gate::parse(g))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let gates = analyze::parse_gates(&args.require).map_err(anyhow::Error::msg)?;
     let result = analyze::load(&args.file)?;
     let outcomes = analyze::evaluate_gates(&result, &gates);
-    for o in &outcomes {
-        outln!("{}", o.line);
-    }
-    let missed = outcomes.iter().filter(|o| !o.passed).count();
-    if missed == 0 {
-        outln!("all {} gates passed", outcomes.len());
-        Ok(ExitCode::SUCCESS)
+    out!(
+        "{}",
+        analyze::render_check(&args.file, &outcomes, args.format)
+    );
+    Ok(if outcomes.iter().all(|o| o.passed) {
+        ExitCode::SUCCESS
     } else {
-        outln!("{missed} of {} gates missed", outcomes.len());
-        Ok(ExitCode::from(EXIT_FAILED_GATE))
-    }
+        ExitCode::from(EXIT_FAILED_GATE)
+    })
 }
 
 fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {

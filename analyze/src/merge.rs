@@ -80,6 +80,8 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         histograms: Some(sums.encode(server_hists)?),
         resources: merge_resources(inputs, &span.offsets),
         tls: merge_tls(inputs, &mut notes),
+        // Each generator judged its own share; the merged run has not been judged.
+        gates: None,
     };
     Ok((merged, notes))
 }

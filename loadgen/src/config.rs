@@ -272,6 +272,11 @@ pub struct Config {
     pub tls: TlsSettings,
     /// `--auth`, when given.
     pub auth: Option<AuthSettings>,
+    /// `--require`, as given; parsed in `gates`.
+    pub require: Vec<String>,
+    pub abort_on_fail: bool,
+    #[serde(skip)]
+    pub gates: Vec<report::Gate>,
 }
 
 /// How every connection authenticates. Serialized into the result without the
@@ -583,6 +588,11 @@ impl Config {
                 "use letters, digits, '-', '_' or '.' (it becomes part of a file name)",
             ));
         }
+        let gates = a
+            .require
+            .iter()
+            .map(|g| report::Gate::parse(g).map_err(|e| invalid("require", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
         let monitor_containers = a
             .monitor_containers
             .iter()
@@ -613,6 +623,9 @@ impl Config {
             threads: a.threads,
             tls,
             auth,
+            require: a.require,
+            abort_on_fail: a.abort_on_fail,
+            gates,
         })
     }
 

@@ -277,5 +277,6 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         histograms: Some(histograms),
         resources: f.resources,
         tls: tls_summary(c, &stats.tls),
+        gates: None,
     })
 }

@@ -45,6 +45,7 @@ fn sample_result() -> RunResult {
         }),
         resources: BTreeMap::new(),
         tls: None,
+        gates: None,
     }
 }
 

@@ -268,6 +268,7 @@ impl Builder {
             histograms: Some(histograms),
             resources,
             tls: None,
+            gates: None,
         }
     }
 
