@@ -8,6 +8,7 @@
 //! - [`evaluate_gates`]: absolute gates on one result.
 //! - [`draw_charts`]: PNG and SVG charts.
 //! - [`merge`]: one result from several generators' results.
+//! - [`render_html`]: one self-contained HTML page of one run or a comparison.
 //!
 //! The modules stay private and only what the binary and the tests use is
 //! re-exported, so the compiler still reports dead code.
@@ -17,6 +18,7 @@ mod chart;
 mod check;
 mod compare;
 mod figures;
+mod html;
 mod merge;
 mod significance;
 mod tables;
@@ -29,6 +31,7 @@ pub use compare::{
     compare, render as render_comparison,
 };
 pub use figures::format_ms;
+pub use html::{ReportRun, render as render_html, write_atomic};
 pub use merge::merge;
 pub use significance::{ALPHA, Method, UTest, u_test};
 pub use tables::{list as list_table, show as show_table, summary as summary_table};
