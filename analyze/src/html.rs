@@ -440,8 +440,30 @@ fn extra_section(key: &str, value: &Value) -> String {
     out
 }
 
-/// One row per object, one column per key that holds a plain value (in the
-/// order keys first appear); nested histograms and lists are left out.
+/// Columns that read best first, in this order (JSON objects come back with
+/// their keys sorted, which would put `end_s` before `start_s`).
+const LEADING_COLUMNS: [&str; 17] = [
+    "index",
+    "name",
+    "gate",
+    "start_s",
+    "end_s",
+    "rate",
+    "rate_from",
+    "rate_to",
+    "sent",
+    "ok",
+    "failed",
+    "late",
+    "success_rate",
+    "latency_ms",
+    "latency_corrected_ms",
+    "value",
+    "passed",
+];
+
+/// One row per object, one column per key that holds a plain value (the usual
+/// ones first, then the rest by name); nested histograms and lists are left out.
 fn objects_table(items: &[Value]) -> String {
     let mut columns: Vec<&str> = Vec::new();
     for item in items {
@@ -453,6 +475,13 @@ fn objects_table(items: &[Value]) -> String {
             }
         }
     }
+    let rank = |c: &str| {
+        LEADING_COLUMNS
+            .iter()
+            .position(|l| *l == c)
+            .unwrap_or(LEADING_COLUMNS.len())
+    };
+    columns.sort_by_key(|c| (rank(c), *c));
     let mut out = String::from("<table>\n<thead><tr>");
     for c in &columns {
         let _ = write!(out, "<th>{}</th>", esc(c));
