@@ -1,5 +1,5 @@
-//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts
-//! and merged results.
+//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts,
+//! merged results and HTML reports.
 //!
 //! Exit status: 0 success; 1 `compare` found a regression or `check` a missed
 //! gate; 2 a usage error or a file that could not be read or written (including
