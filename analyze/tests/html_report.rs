@@ -268,6 +268,43 @@ fn a_stages_key_is_shown_as_a_table_when_present() {
 }
 
 #[test]
+fn a_tls_run_shows_what_its_handshakes_negotiated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rich_run(&spread(100, 1_000, 5_000)).build();
+    r.tls = Some(report::TlsSummary {
+        mode: "starttls".into(),
+        versions: [("TLSv1.3".to_string(), 40)].into(),
+        cipher_suites: [("TLS13_AES_128_GCM_SHA256".to_string(), 40)].into(),
+        handshakes: 40,
+        resumed: 10,
+    });
+    let path = dir.path().join("tls.json");
+    r.save(&path).unwrap();
+    let html = report(dir.path(), &[&path]);
+    balanced_tags(&html);
+    assert!(html.contains("<caption>tls</caption>"));
+    assert!(html.contains("<tr><td>mode</td><td>starttls</td></tr>"));
+    assert!(html.contains("<tr><td>resumed</td><td>10 (25.00%)</td></tr>"));
+    assert!(html.contains("<tr><td>TLSv1.3</td><td>40 (100.00%)</td></tr>"));
+}
+
+#[test]
+fn a_prixfixe_file_shows_its_headline_figures_and_says_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = report(
+        dir.path(),
+        &[&common::prixfixe("v0.2.0-burst-small-1k.json")],
+    );
+    balanced_tags(&html);
+    assert_self_contained(&html);
+    assert!(html.contains("PrixFixe v0.2 (legacy) file: headline figures only"));
+    assert!(html.contains("<tr><td>total</td><td>1000</td></tr>"));
+    // Its spectrum is drawn through the summary percentiles; the rest is noted.
+    assert!(html.contains("<figcaption>spectrum</figcaption>"));
+    assert!(html.contains("Left out: v0.2.0-burst-small-1k: no timeline"));
+}
+
+#[test]
 fn an_unreadable_file_exits_2_naming_it_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.json");
@@ -369,6 +406,7 @@ fn render(browser: &Path, page: &Path, size: (u32, u32), work: &Path) -> Rendere
     // and nothing else.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().expect("chromium starts");
+    // std has no wait with a timeout: poll the exit, bounded by the deadline.
     let deadline = Instant::now() + BROWSER_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for chromium") {
