@@ -72,6 +72,9 @@ pub fn render(
     thresholds: &Thresholds,
     generated: &str,
 ) -> anyhow::Result<String> {
+    if runs.is_empty() {
+        anyhow::bail!("report needs at least one result file");
+    }
     let inputs: Vec<(PathBuf, RunResult)> = runs
         .iter()
         .map(|r| (r.path.clone(), r.result.clone()))
@@ -79,26 +82,16 @@ pub fn render(
     let (charts, skipped) = draw_svgs(&inputs, CHART_SIZE)?;
     let charts = charts_section(&charts, &skipped);
 
-    let mut body = String::new();
+    let names: Vec<String> = runs.iter().map(|r| stem(&r.path)).collect();
+    let title = match runs {
+        [_] => format!("Stampede report: {}", names.join("")),
+        _ => format!("Stampede comparison: {}", names.join(" · ")),
+    };
+    let mut body = format!("<h1>{}</h1>\n{}", esc(&title), generated_line(generated));
     match runs {
-        [] => anyhow::bail!("report needs at least one result file"),
-        [only] => {
-            let _ = write!(
-                body,
-                "<h1>Stampede report: {}</h1>\n{}",
-                esc(&stem(&only.path)),
-                generated_line(generated)
-            );
-            body.push_str(&run_section(only, Some(&charts), false));
-        }
+        [] => {}
+        [only] => body.push_str(&run_section(only, Some(&charts), false)),
         [base, others @ ..] => {
-            let names: Vec<String> = runs.iter().map(|r| esc(&stem(&r.path))).collect();
-            let _ = write!(
-                body,
-                "<h1>Stampede comparison: {}</h1>\n{}",
-                names.join(" · "),
-                generated_line(generated)
-            );
             body.push_str("<section>\n<h2>Comparison</h2>\n");
             for new in others {
                 body.push_str(&comparison(base, new, thresholds));
@@ -110,15 +103,15 @@ pub fn render(
             }
         }
     }
-    Ok(page(&body))
+    Ok(page(&esc(&title), &body))
 }
 
-/// The document around `body`, with the inline style.
-fn page(body: &str) -> String {
+/// The document around `body`, with the inline style; `title` is escaped already.
+fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>Stampede report</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n\
+         <title>{title}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n\
          <main>\n{body}</main>\n</body>\n</html>\n"
     )
 }
@@ -397,7 +390,7 @@ fn run_tables(r: &RunResult) -> Vec<Table> {
         t.push(tables::phase_table(r));
     }
     if !r.per_server.is_empty() {
-        t.push(tables::server_table(r));
+        t.push(tables::per_server_table(r));
     }
     if !m.replies.is_empty() || !m.error_breakdown.is_empty() {
         t.push(tables::reply_table(r));

@@ -92,28 +92,7 @@ pub fn show(path: &Path, r: &RunResult) -> String {
     let _ = writeln!(out, "{}", key_value("messages", message_rows(r)));
 
     let _ = writeln!(out, "{}", key_value("performance", performance_rows(r)));
-    if let Some(tls) = &r.tls {
-        let _ = writeln!(out, "{}", tls_table(tls));
-    }
-
-    let _ = writeln!(
-        out,
-        "{}",
-        latency_table(&m.latency_ms, m.latency_corrected_ms.as_ref())
-    );
-
-    if !m.phases_ms.is_empty() {
-        let _ = writeln!(out, "{}", phase_table(r));
-    }
-    if !r.per_server.is_empty() {
-        let _ = writeln!(out, "{}", server_table(r));
-    }
-    if !m.replies.is_empty() || !m.error_breakdown.is_empty() {
-        let _ = writeln!(out, "{}", reply_table(r));
-    }
-    if !r.resources.is_empty() {
-        let _ = writeln!(out, "{}", resource_table(r));
-    }
+    show_figures(&mut out, r);
     out
 }
 
@@ -215,6 +194,39 @@ pub(crate) fn performance_rows(r: &RunResult) -> Vec<(&'static str, String)> {
     performance
 }
 
+/// The per-server table of `show`, for the HTML report.
+pub(crate) fn per_server_table(r: &RunResult) -> Table {
+    server_table(r)
+}
+
+/// The tables of `show` after the headline ones: TLS, latency, phases, servers,
+/// replies, resources, each when the result holds it.
+fn show_figures(out: &mut String, r: &RunResult) {
+    let m = &r.metrics;
+    if let Some(tls) = &r.tls {
+        let _ = writeln!(out, "{}", tls_table(tls));
+    }
+
+    let _ = writeln!(
+        out,
+        "{}",
+        latency_table(&m.latency_ms, m.latency_corrected_ms.as_ref())
+    );
+
+    if !m.phases_ms.is_empty() {
+        let _ = writeln!(out, "{}", phase_table(r));
+    }
+    if !r.per_server.is_empty() {
+        let _ = writeln!(out, "{}", server_table(r));
+    }
+    if !m.replies.is_empty() || !m.error_breakdown.is_empty() {
+        let _ = writeln!(out, "{}", reply_table(r));
+    }
+    if !r.resources.is_empty() {
+        let _ = writeln!(out, "{}", resource_table(r));
+    }
+}
+
 /// One row per percentile; a second column when the corrected latency exists.
 pub(crate) fn latency_table(l: &LatencySummary, corrected: Option<&LatencySummary>) -> Table {
     let mut header = vec!["latency", "ms"];
@@ -295,7 +307,7 @@ pub(crate) fn phase_table(r: &RunResult) -> Table {
     t
 }
 
-pub(crate) fn server_table(r: &RunResult) -> Table {
+fn server_table(r: &RunResult) -> Table {
     let mut t = new_table(&[
         "server",
         "messages",

@@ -186,6 +186,14 @@ fn strings_from_the_file_are_escaped() {
     assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;:25"));
     assert!(html.contains("a&amp;b:25"));
     assert!(html.contains("&quot;&gt;&lt;script&gt;alert(&#39;host&#39;)"));
+
+    // The file name is a title, a heading and the charts' legend.
+    let odd = dir.path().join("<i>odd&name.json");
+    std::fs::copy(&path, &odd).unwrap();
+    let html = report(dir.path(), &[&odd]);
+    balanced_tags(&html);
+    assert!(html.contains("<title>Stampede report: &lt;i&gt;odd&amp;name</title>"));
+    assert!(!html.contains("<i>"));
 }
 
 #[test]
@@ -229,11 +237,17 @@ fn a_stages_key_is_shown_as_a_table_when_present() {
         serde_json::json!({"avg": 1.0, "min": 0.5, "max": p99, "p50": 1.0, "p90": 2.0,
                            "p95": 3.0, "p99": p99, "p99_9": p99})
     };
+    // The stages helper's layout (`report::StageSummary`): encoded histograms
+    // are left out of the table.
+    let empty = report::encode_histogram(&report::new_latency_histogram()).unwrap();
+    let histograms = serde_json::json!({"total": empty, "corrected": empty});
     value["stages"] = serde_json::json!([
         {"index": 0, "start_s": 0.0, "end_s": 5.0, "rate_from": 0.0, "rate_to": 100.0,
-         "sent": 250, "ok": 250, "failed": 0, "late": 0, "latency_ms": latency(4.5)},
+         "sent": 250, "ok": 250, "failed": 0, "late": 0, "latency_ms": latency(4.5),
+         "latency_corrected_ms": latency(5.5), "histograms": histograms},
         {"index": 1, "start_s": 5.0, "end_s": 15.0, "rate_from": 100.0, "rate_to": 100.0,
-         "sent": 1000, "ok": 997, "failed": 3, "late": 2, "latency_ms": latency(7.25)}
+         "sent": 1000, "ok": 997, "failed": 3, "late": 2, "latency_ms": latency(7.25),
+         "latency_corrected_ms": latency(9.5), "histograms": histograms}
     ]);
     let path = dir.path().join("staged.json");
     std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
@@ -257,7 +271,8 @@ fn a_stages_key_is_shown_as_a_table_when_present() {
     assert!(
         html.contains(
             "<tr><td>1</td><td>5</td><td>15</td><td>100</td><td>100</td><td>1000</td>\
-         <td>997</td><td>3</td><td>2</td><td>p50 1.00 / p99 7.25</td></tr>"
+         <td>997</td><td>3</td><td>2</td><td>p50 1.00 / p99 7.25</td>\
+         <td>p50 1.00 / p99 9.50</td></tr>"
         ),
         "{html}"
     );
