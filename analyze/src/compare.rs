@@ -562,7 +562,7 @@ fn render_text(c: &Comparison, markdown: bool) -> String {
 }
 
 /// One row per figure; the `p` and shift columns only when a figure was tested.
-fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
+pub(crate) fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
     let tested = c.rows.iter().any(|r| r.test.is_some());
     let mut header = vec!["figure", "base", "new", "change", "change %"];
     if tested {

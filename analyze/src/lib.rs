@@ -10,6 +10,7 @@
 //! - output [`Format`]s of `check` and `compare`: text, markdown, JSON, JUnit XML.
 //! - [`draw_charts`]: PNG and SVG charts.
 //! - [`merge`]: one result from several generators' results.
+//! - [`render_html`]: one self-contained HTML page of one run or a comparison.
 //!
 //! The modules stay private and only what the binary and the tests use is
 //! re-exported, so the compiler still reports dead code.
@@ -19,6 +20,7 @@ mod chart;
 mod check;
 mod compare;
 mod figures;
+mod html;
 mod merge;
 mod output;
 mod significance;
@@ -32,6 +34,7 @@ pub use compare::{
     render as render_comparison,
 };
 pub use figures::format_ms;
+pub use html::{ReportRun, render as render_html, write_atomic};
 pub use merge::merge;
 pub use output::Format;
 pub use significance::{ALPHA, Method, UTest, u_test};

@@ -1,5 +1,5 @@
-//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts
-//! and merged results.
+//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts,
+//! merged results and HTML reports.
 //!
 //! Exit status: 0 success; 1 `compare` found a regression or `check` a missed
 //! gate; 2 a usage error or a file that could not be read or written (including
@@ -83,6 +83,9 @@ enum Command {
     Chart(ChartArgs),
     /// One result from several generators' results of the same run.
     Merge(MergeArgs),
+    /// One self-contained HTML page (inline CSS and SVG charts, no network fetch) of
+    /// one result, or of several with a comparison against the first.
+    Report(ReportArgs),
 }
 
 #[derive(Args)]
@@ -145,6 +148,19 @@ struct MergeArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// Result files; with several, the first is the baseline of the comparison.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The HTML file to write (replaced atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Allowed change in the bad direction, as for `compare`. Repeatable.
+    #[arg(long, value_name = "[FIGURE=]LIMIT")]
+    threshold: Vec<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -172,6 +188,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => run_check(args),
         Command::Chart(args) => run_chart(args),
         Command::Merge(args) => run_merge(args),
+        Command::Report(args) => run_report(args),
     }
 }
 
@@ -283,6 +300,25 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         merged.metrics.total_messages,
         merged.metrics.messages_per_second,
         analyze::format_ms(merged.metrics.latency_ms.p99)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let thresholds = Thresholds::parse(&args.threshold).map_err(anyhow::Error::msg)?;
+    let runs = args
+        .files
+        .iter()
+        .map(|p| analyze::ReportRun::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let generated = report::format_timestamp(chrono::Utc::now());
+    let page = analyze::render_html(&runs, &thresholds, &generated)?;
+    analyze::write_atomic(&args.output, &page)?;
+    outln!(
+        "wrote {} ({} result{})",
+        args.output.display(),
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" }
     );
     Ok(ExitCode::SUCCESS)
 }
