@@ -45,6 +45,8 @@ fn sample_result() -> RunResult {
         }),
         resources: BTreeMap::new(),
         tls: None,
+        stages: Vec::new(),
+        warmup_s: None,
     }
 }
 
