@@ -1027,6 +1027,103 @@ mod tests {
     }
 
     #[test]
+    fn stages_parse_in_the_k6_grammar_with_unit_durations() {
+        let c = cli(&[
+            "--mode",
+            "stages",
+            "--stages",
+            "30s:100, 2m:500,0s:2000,1m30s:0",
+            "--start-rate",
+            "10",
+        ])
+        .unwrap();
+        let want = [(30.0, 100.0), (120.0, 500.0), (0.0, 2000.0), (90.0, 0.0)];
+        let Mode::Stages {
+            stages, start_rate, ..
+        } = &c.mode
+        else {
+            panic!("{:?}", c.mode)
+        };
+        assert_eq!(*start_rate, 10.0);
+        let got: Vec<_> = stages.iter().map(|s| (s.duration_s, s.target)).collect();
+        assert_eq!(got, want);
+        assert_eq!(c.test_type, "stages");
+        assert_eq!(c.mode.workers(), DEFAULT_SUSTAINED_WORKERS);
+        let curve = c.mode.rate_curve().unwrap();
+        assert_eq!(curve.duration(), 240.0);
+        assert_eq!(curve.integral(), 1650.0 + 36000.0 + 90000.0);
+    }
+
+    #[test]
+    fn load_shape_flags_are_checked_against_the_mode() {
+        let stages = |extra: &[&str]| {
+            let mut v = vec!["--mode", "stages"];
+            v.extend_from_slice(extra);
+            cli(&v)
+        };
+        let rows: [(Result<Config, String>, &str); 10] = [
+            (stages(&[]), "--stages: needed with --mode stages"),
+            (
+                stages(&["--stages", "30s"]),
+                "--stages: \"30s\": a stage is DURATION:TARGET",
+            ),
+            (
+                stages(&["--stages", "soon:5"]),
+                "--stages: \"soon:5\": \"soon\" is not a duration",
+            ),
+            (
+                stages(&["--stages", "1s:-5"]),
+                "--stages: \"1s:-5\": rate -5 is outside",
+            ),
+            (
+                stages(&["--stages", "1s:0,0s:100"]),
+                "--stages: the stages add up to less than one message",
+            ),
+            (
+                stages(&["--stages", "1s:10", "--start-rate", "2e6"]),
+                "--start-rate: rate 2000000 is outside",
+            ),
+            (
+                stages(&["--stages", "1s:10", "--warmup", "1s"]),
+                "--warmup: 1s is not shorter than the run",
+            ),
+            (cli(&["--stages", "1s:10"]), "--stages: needs --mode stages"),
+            (
+                cli(&["--arrivals", "poisson"]),
+                "--arrivals: needs --mode sustained or stages",
+            ),
+            (
+                cli(&["--warmup", "1s"]),
+                "--warmup: needs --mode sustained or stages",
+            ),
+        ];
+        for (got, want) in rows {
+            let err = got.err().unwrap_or_default();
+            assert!(err.contains(want), "want {want:?}, got {err:?}");
+        }
+        let c = cli(&[
+            "--mode",
+            "sustained",
+            "--arrivals",
+            "poisson",
+            "--seed",
+            "42",
+            "--warmup",
+            "10s",
+        ])
+        .unwrap();
+        assert_eq!(c.arrivals(), Arrivals::Poisson { seed: 42 });
+        assert_eq!(c.warmup, Duration::from_secs(10));
+        let echo = serde_json::to_value(&c).unwrap();
+        assert_eq!(echo["seed"], 42);
+        assert_eq!(echo["arrivals"], "poisson");
+        assert_eq!(echo["warmup"], 10.0);
+        // Without --seed each run draws one, recorded in the config.
+        let (a, b) = (cli(&[]).unwrap().seed, cli(&[]).unwrap().seed);
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn defaults_follow_the_mode() {
         let c = cli(&[]).unwrap();
         assert_eq!(
