@@ -274,8 +274,8 @@ fn results_written_before_stages_read_without_them_and_stages_round_trip() {
         ok: 1499,
         failed: 1,
         late: 2,
-        latency_ms: staged.metrics.latency_ms.clone(),
-        latency_corrected_ms: staged.metrics.latency_ms.clone(),
+        latency_ms: staged.metrics.latency_ms,
+        latency_corrected_ms: staged.metrics.latency_ms,
         histograms: crate::StageHistograms {
             total: "x".into(),
             corrected: "y".into(),
