@@ -133,8 +133,8 @@ pub struct Dispatcher {
 pub type Gates = Arc<[Gate]>;
 
 impl Dispatcher {
-    /// Starts the dispatcher for the messages of `timetable`, due from `start`;
-    /// `workers[s]` is the pool size of server `s`. A message that the thread
+    /// Starts the dispatcher for the messages of `timetable`, due from `start`,
+    /// until the end of its curve; `workers[s]` is the pool size of server `s`. A message that the thread
     /// itself releases more than `tolerance` after its due time is counted as late
     /// by the generator. Message `i` goes to server `i % servers`.
     pub fn spawn(
@@ -164,6 +164,12 @@ impl Dispatcher {
                         due: Some(due),
                         stage: Some(d.segment),
                     });
+                }
+                // The run lasts the whole curve, a last stretch at rate 0 included
+                // (a cool-down the servers' resources are still sampled in).
+                let end = start + Duration::from_secs_f64(timetable.curve().duration());
+                if !sleep_until(end, &st) {
+                    return late;
                 }
                 for (gate, &w) in g.iter().zip(&workers) {
                     gate.permits.add_permits(w as usize);

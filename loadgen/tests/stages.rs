@@ -172,3 +172,97 @@ async fn poisson_arrivals_record_their_seed_and_send_the_integral() {
     assert_eq!(config["seed"], 1234);
     assert!(r.stages.is_empty() && r.warmup_s.is_none());
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+#[test]
+fn bad_stage_flags_exit_2_naming_the_flag() {
+    for (args, want) in [
+        (
+            &["--mode", "stages"][..],
+            "--stages: needed with --mode stages",
+        ),
+        (&["--mode", "stages", "--stages", "10s"][..], "--stages: "),
+        (
+            &["--mode", "stages", "--stages", "10s:0"][..],
+            "less than one message",
+        ),
+        (&["--arrivals", "poisson"][..], "--arrivals: needs --mode"),
+        (
+            &["--mode", "sustained", "--warmup", "2m"][..],
+            "--warmup: 2m is not shorter",
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["--servers", "127.0.0.1", "--no-preflight"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// User and system CPU time of process `pid` so far, from /proc.
+fn cpu_of(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    std::time::Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[tokio::test]
+async fn a_zero_rate_stretch_idles_and_ctrl_c_ends_it_with_a_result() {
+    use std::time::{Duration, Instant};
+    let server = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("r.json");
+    // 100 messages in the first second, then a minute at rate 0.
+    let child = tokio::process::Command::new(BIN)
+        .args(["--servers", &server.smtp_addr().to_string(), "--quiet"])
+        .args(["--mode", "stages", "--stages", "0s:100,1s:100,0s:0,60s:0"])
+        .args(["--size", "small", "--threads", "1"])
+        .arg("--output")
+        .arg(&out_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.stats().messages_accepted < 100 {
+        assert!(Instant::now() < deadline, "the first stage never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // In the zero-rate stretch: nothing to send, so (next to) no CPU.
+    let before = cpu_of(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = cpu_of(pid) - before;
+    assert!(
+        idle < Duration::from_millis(150),
+        "{idle:?} of CPU in 1 s at rate 0"
+    );
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("loadgen ends after SIGINT")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = report::load(&out_file).unwrap();
+    assert!(r.run.as_ref().unwrap().interrupted);
+    assert_eq!(r.metrics.successful_messages, 100);
+    let sent: Vec<_> = r.stages.iter().map(|s| s.sent).collect();
+    assert_eq!(sent, [0, 100, 0, 0]);
+    assert_eq!(server.stats().messages_accepted, 100);
+}
