@@ -299,7 +299,9 @@ fn arrivals_setting(config: &serde_json::Value) -> Option<String> {
 }
 
 /// One row per stage of a stages run: its stretch of time and target rate,
-/// what became of its messages, the rate achieved and its latency.
+/// what became of the messages due in it (`ok/s`: those that succeeded, per
+/// second of the stage; whether they kept time shows in `late` and the corrected
+/// p99), and their latency.
 fn stage_table(r: &RunResult) -> Table {
     let mut t = new_table(&[
         "stage",
@@ -309,7 +311,7 @@ fn stage_table(r: &RunResult) -> Table {
         "ok",
         "failed",
         "late",
-        "msg/s",
+        "ok/s",
         "p50 ms",
         "p99 ms",
         "p99 corr. ms",
