@@ -6,8 +6,15 @@
 # 2525-2529 and 8081-8085 are free and no container of the compose project
 # `stampede` exists (otherwise a visible skip naming the reason): a person's stack
 # is never used, stopped or removed.
-# Options: a bad --cooldown, --servers or --messages, before or after the verb, fails
-# at once with exit 2 naming the option, before any server starts.
+# Options: a bad --cooldown, --servers, --messages or --tls, before or after the verb,
+# fails at once with exit 2 naming the option, before any server starts.
+# Settings: docker/stress-test.toml and .env agree; so do their TLS variant
+# docker/stress-test-tls.toml and .env, which differ from the plain pair only in TLS.
+# TLS (local backend, and Docker where an engine answers): `--tls starttls test-burst
+# --messages 200` and `--tls implicit test-quick`, certificate checking on (the
+# servers' own CAs): every message succeeds over TLS, the result's `tls` key and
+# `tls` phase hold the handshakes; a --tls test finding servers started without TLS
+# stops instead of measuring plaintext.
 # Local backend: start 5 servers, status, test-quick, logs, test-burst/-mixed
 # (--messages), test-sustained (--duration), run-custom, `test-quick --servers 3
 # --local` (options after the verb: the running servers are scaled to 3 and stay
@@ -179,6 +186,30 @@ sys.exit("no memory sample for %s" % bad if bad else 0)
     pass "resources section holds samples of the $2 server containers"
 }
 
+# Asserts that a result ($1) ran over TLS in mode $2 with one handshake per message
+# (the named tests send one message per connection), and has the tls phase.
+check_tls_result() {
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+mode = sys.argv[2]
+tls = r.get("tls") or {}
+m = r["metrics"]
+problems = []
+if tls.get("mode") != mode:
+    problems.append("tls.mode %r, want %r" % (tls.get("mode"), mode))
+if tls.get("handshakes") != m["successful_messages"]:
+    problems.append("tls.handshakes %r, want one per message (%d)" % (tls.get("handshakes"), m["successful_messages"]))
+if sum((tls.get("versions") or {}).values()) != tls.get("handshakes"):
+    problems.append("tls.versions %r do not add up to the handshakes" % tls.get("versions"))
+if not ((m.get("phases_ms") or {}).get("tls") or {}).get("p50", 0) > 0:
+    problems.append("no tls phase timed in metrics.phases_ms")
+print("  tls: %s" % json.dumps(tls))
+sys.exit("; ".join(problems) if problems else 0)
+' "$1" "$2" || fail "$1 does not show a $2 run"
+    pass "$1: every message over $2 TLS, the certificates checked against the servers' CAs"
+}
+
 # Asserts a result's test type ($2) and, when given, its size mix ($3).
 check_test_type() {
     command -v python3 >/dev/null 2>&1 || return 0
@@ -250,26 +281,51 @@ else
     pass "the README's test-quick ran with its defaults and left no server running"
 fi
 
-step "the stress settings: docker/stress-test.toml and docker/stress-test.env agree"
-python3 - docker/stress-test.toml docker/stress-test.env <<'EOF' || fail "docker/stress-test.toml and docker/stress-test.env differ (change both together)"
+step "the stress settings: docker/stress-test.toml and .env agree; so do the TLS pair, which adds only TLS"
+python3 - docker/stress-test.toml docker/stress-test.env docker/stress-test-tls.toml docker/stress-test-tls.env <<'EOF' ||
 import sys, tomllib
-toml = {}
-for section, keys in tomllib.load(open(sys.argv[1], "rb")).items():
-    for key, value in keys.items():
-        toml["SMTP_" + key.upper()] = str(value)
-env = {}
-for line in open(sys.argv[2]):
-    line = line.strip()
-    if line and not line.startswith("#"):
-        key, _, value = line.partition("=")
-        env[key] = value
-problems = [f"{k}: toml {toml.get(k)!r}, env {env.get(k)!r}"
-            for k in sorted(set(toml) | set(env)) if toml.get(k) != env.get(k)]
+
+def read_toml(path):
+    out = {}
+    for section, keys in tomllib.load(open(path, "rb")).items():
+        for key, value in keys.items():
+            # TOML's true is the env file's true.
+            out["SMTP_" + key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+def read_env(path):
+    out = {}
+    for line in open(path):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+def differences(name_a, a, name_b, b):
+    return [f"{k}: {name_a} {a.get(k)!r}, {name_b} {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+toml, env, tls_toml, tls_env = (read_toml(sys.argv[1]), read_env(sys.argv[2]),
+                                read_toml(sys.argv[3]), read_env(sys.argv[4]))
+# Per deployment, set by the launchers (see docker/stress-test-tls.toml): only the
+# containers' env file holds them.
+PER_DEPLOYMENT = {"SMTP_TLS_CA_OUT", "SMTP_IMPLICIT_TLS_PORT"}
+problems = differences("stress-test.toml", toml, "stress-test.env", env)
+problems += differences("stress-test-tls.toml", tls_toml, "stress-test-tls.env",
+                        {k: v for k, v in tls_env.items() if k not in PER_DEPLOYMENT})
+problems += [f"stress-test-tls.env lacks {k}" for k in sorted(PER_DEPLOYMENT - set(tls_env))]
+is_tls = lambda k: k.startswith("SMTP_TLS_") or k in PER_DEPLOYMENT
+problems += differences("stress-test.toml", toml, "stress-test-tls.toml (outside TLS)",
+                        {k: v for k, v in tls_toml.items() if not is_tls(k)})
+if tls_toml.get("SMTP_TLS_SELF_SIGNED") != "true":
+    problems.append("stress-test-tls.toml does not set tls_self_signed = true")
 for p in problems:
     print("  " + p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
-pass "docker/stress-test.toml and docker/stress-test.env hold the same settings"
+    fail "the stress settings files differ (docker/stress-test{,-tls}.{toml,env}: change them together)"
+pass "docker/stress-test.toml and .env hold the same settings; docker/stress-test-tls.toml and .env too, the plain ones plus TLS"
 
 step "the README's manual example: smtp-server --config docker/stress-test.toml takes a sustained run from one address"
 # 150 connections in 3 s from one address: more than the production defaults'
@@ -301,6 +357,9 @@ check_refused --servers test-quick --local --servers=abc
 check_refused --servers test-quick --local --servers
 check_refused --messages --local test-burst --messages 0
 check_refused --duration --local test-sustained --duration=1x
+check_refused --tls --local --tls tls test-quick
+check_refused --tls test-quick --local --tls=STARTTLS
+check_refused --tls test-quick --local --tls
 
 step "messages: --local build, help and README on run-custom"
 build_out="$("$ST" --local build 2>&1)"
@@ -311,7 +370,7 @@ help_run_custom="$("$ST" help | sed -n '/^  run-custom/,/^  help/p')"
 # shellcheck disable=SC2016 # the backquotes are README text
 readme_run_custom="$(grep '^| `run-custom ARGS`' README.md)"
 # The flags run_loadgen adds when they are not given.
-for flag in --servers --output --test-type --port --monitor-containers; do
+for flag in --servers --output --test-type --port --monitor-containers --tls-ca; do
     grep -q -- "$flag" <<<"$help_run_custom" || fail "help does not say that run-custom adds $flag"
     grep -q -- "$flag" <<<"$readme_run_custom" || fail "README does not say that run-custom adds $flag"
 done
@@ -375,6 +434,35 @@ quick3b="$(result_since "$marker" quick)"
 check_result "$quick3b" 100 3
 [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-quick left its servers running"
 pass "test-quick stopped the servers it started"
+
+step "local: --tls starttls test-burst --messages 200, --tls implicit test-quick (certificates checked)"
+touch "$marker"
+"$ST" --local --tls starttls test-burst --messages 200
+tls_burst="$(result_since "$marker" burst)"
+check_result "$tls_burst" 200 5
+check_tls_result "$tls_burst" starttls
+[[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "the TLS test left its servers running"
+touch "$marker"
+"$ST" test-quick --local --servers 2 --tls implicit
+tls_quick="$(result_since "$marker" quick)"
+check_result "$tls_quick" 100 2
+check_tls_result "$tls_quick" implicit
+# The implicit ports are the servers' own (free ports), not the SMTP ones.
+python3 -c '
+import json, sys
+servers = json.load(open(sys.argv[1]))["servers"]
+smtp = {"127.0.0.1:%d" % (int(sys.argv[2]) + i) for i in range(2)}
+sys.exit("implicit run went to the SMTP ports: %s" % servers if smtp & set(servers) else 0)
+' "$tls_quick" "$STAMPEDE_SMTP_BASE_PORT" || fail "the implicit run did not target the implicit-TLS ports"
+pass "the implicit run targeted the servers' implicit-TLS ports"
+# Servers started without TLS are not silently measured in plaintext by a --tls test.
+"$ST" --local --servers 1 start >/dev/null
+status=0
+mismatch="$("$ST" --local --tls starttls test-quick 2>&1)" || status=$?
+"$ST" --local stop >/dev/null
+{ ((status == 1)) && grep -q 'started without TLS' <<<"$mismatch"; } ||
+    fail "--tls starttls with servers started without TLS exited $status: $mismatch"
+pass "--tls with servers started without TLS stops: $(grep 'started without TLS' <<<"$mismatch")"
 
 step "local: test-all --cooldown 2s (shortened), ending with one table of the five"
 touch "$marker"
@@ -486,6 +574,19 @@ sys.exit(0 if got == want else "run provenance %s, want %s" % (got, want))
         fail "the Docker result does not carry the host's git revision, name and CPU count"
     pass "the Docker result carries the host's git revision, name and CPU count"
     [[ -z "$(project_containers)" ]] || fail "test-quick left containers: $(project_containers)"
+
+    step "docker ($STAMPEDE_PROJECT): --tls starttls test-burst --messages 200, --tls implicit test-quick (port 465)"
+    touch "$marker"
+    "$ST" --docker --tls starttls test-burst --messages 200
+    file="$(result_since "$marker" burst)"
+    check_result "$file" 200 5
+    check_tls_result "$file" starttls
+    touch "$marker"
+    "$ST" --docker --servers 2 --tls implicit test-quick
+    file="$(result_since "$marker" quick)"
+    check_result "$file" 100 2
+    check_tls_result "$file" implicit
+    [[ -z "$(project_containers)" ]] || fail "the TLS tests left containers: $(project_containers)"
 
     step "docker ($STAMPEDE_PROJECT): start --servers 2, status, limits, test-quick --servers 3 (scales), stop"
     "$ST" --docker start --servers 2

@@ -14,6 +14,11 @@
 #                                --threads 1 vs 2 against smtp-server pinned to the last core
 #   scripts/bench.sh rates       sustained mode: achieved vs target at 50, 500, 5000/s
 #   scripts/bench.sh memory      loadgen RSS after 10k, 100k and 1,000,000 small messages
+#   scripts/bench.sh tls         smtp-server over STARTTLS vs plaintext (20 sessions, 1 KiB):
+#                                msg/s with 1 message per connection (resumption on and
+#                                off) and 100 per connection, handshake p50/p99, server CPU
+#                                seconds per 10,000 handshakes (interleaved: median and range)
+#   scripts/bench.sh tls-idle    smtp-server RSS with 1,000 idle implicit-TLS connections
 #   scripts/bench.sh all         all of the above
 #
 # Needs release binaries (built here if missing), python3, and for `server`, `loadgen`
@@ -60,7 +65,8 @@ cpu_s() { awk -v t="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/sta
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # Starts the reference server on $1 with the stress settings and generous limits;
-# prints its PID. Further SMTP_* settings may come from the environment.
+# prints its PID. Further SMTP_* settings may come from the environment (the TLS
+# cases set SMTP_TLS_SELF_SIGNED and friends that way).
 start_smtp_server() {
     local port=$1
     (
@@ -300,6 +306,130 @@ bench_memory() {
     stop "$pid"
 }
 
+# The reference server with a generated certificate (its CA in $OUT/ca.pem, for
+# loadgen's --tls-ca: certificates are checked as a real client would) and, when $2
+# is given, implicit TLS on that port; prints its PID.
+start_tls_server() {
+    local port=$1 implicit=${2:-}
+    rm -f "$OUT/ca.pem"
+    if [[ -n "$implicit" ]]; then
+        SMTP_TLS_SELF_SIGNED=true SMTP_TLS_CA_OUT="$OUT/ca.pem" SMTP_IMPLICIT_TLS_PORT="$implicit" \
+            start_smtp_server "$port"
+    else
+        SMTP_TLS_SELF_SIGNED=true SMTP_TLS_CA_OUT="$OUT/ca.pem" start_smtp_server "$port"
+    fi
+}
+
+# loadgen run for the TLS cases; prints "msg/s handshakes resumed tls_p50_ms
+# tls_p99_ms successful" from its result file.
+loadgen_tls_run() {
+    local port=$1 file
+    shift
+    file="$OUT/loadgen-tls-$RANDOM$RANDOM.json"
+    "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" "$@" >/dev/null
+    python3 - "$file" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+m, tls = r["metrics"], r.get("tls") or {}
+phase = (m.get("phases_ms") or {}).get("tls") or {}
+print("%.1f %d %d %.3f %.3f %d" % (m["messages_per_second"], tls.get("handshakes", 0),
+      tls.get("resumed", 0), phase.get("p50", 0), phase.get("p99", 0), m["successful_messages"]))
+EOF
+}
+
+# The issue's figures: one server, 20 sessions, 1 KiB; plaintext against STARTTLS with
+# session resumption on and off, one message per connection and 100 per connection.
+# The cases run interleaved, REPEATS times, on one server, so that drift of a shared
+# machine spreads over all of them; its CPU time is read around each run.
+bench_tls() {
+    local n="${BENCH_TLS_MESSAGES:-10000}" port pid i case cpu0 cpu1 r
+    local cases=("plain 1" "starttls-resume 1" "starttls-noresume 1" "plain 100" "starttls-resume 100")
+    echo "== tls: smtp-server, 20 sessions, 1 KiB, $n messages per run (repeats: $REPEATS, interleaved)"
+    port=$(free_port)
+    pid=$(start_tls_server "$port"); PIDS+=("$pid")
+    wait_port "$port"
+    for ((i = 0; i < 100; i++)); do [[ -s "$OUT/ca.pem" ]] && break; sleep 0.05; done
+    [[ -s "$OUT/ca.pem" ]] || die "smtp-server wrote no CA to $OUT/ca.pem: $(tail -n 3 "$OUT/server-$port.log")"
+    rm -f "$OUT"/tls-*.txt
+    for _ in $(seq 1 "$REPEATS"); do
+        for case in "${cases[@]}"; do
+            local name=${case% *} per=${case#* } flags=()
+            case "$name" in
+                starttls-resume) flags=(--tls starttls --tls-ca "$OUT/ca.pem" --tls-resume on) ;;
+                starttls-noresume) flags=(--tls starttls --tls-ca "$OUT/ca.pem" --tls-resume off) ;;
+            esac
+            cpu0=$(cpu_s "$pid")
+            r=($(loadgen_tls_run "$port" --messages "$n" --workers 20 --size 1024 --msgs-per-conn "$per" "${flags[@]}"))
+            cpu1=$(cpu_s "$pid")
+            ((r[5] == n)) || echo "warning: $name/$per: ${r[5]} of $n messages succeeded" >&2
+            # msg/s, handshakes, resumed, tls p50, tls p99, server CPU s
+            echo "${r[0]} ${r[1]} ${r[2]} ${r[3]} ${r[4]} $(echo "$cpu1 $cpu0" | awk '{ print $1 - $2 }')" \
+                >>"$OUT/tls-$name-$per.txt"
+        done
+    done
+    stop "$pid"
+    python3 - "$OUT" "${cases[@]}" <<'EOF'
+import statistics, sys
+out, cases = sys.argv[1], sys.argv[2:]
+rows = {}
+for case in cases:
+    name, per = case.split()
+    rows[case] = [list(map(float, l.split())) for l in open(f"{out}/tls-{name}-{per}.txt")]
+med = lambda case, i: statistics.median(r[i] for r in rows[case])
+print("%-18s %8s %18s %8s %8s %8s %8s %9s %16s" % ("case", "per-conn", "msg/s (range)", "% plain",
+      "resumed", "tls p50", "tls p99", "srv CPU s", "TLS CPU s/10k hs"))
+for case in cases:
+    name, per = case.split()
+    vals = [r[0] for r in rows[case]]
+    plain = med("plain " + per, 0)
+    hs = med(case, 1)
+    cpu = med(case, 5)
+    # What the handshakes (and encryption) cost the server beyond the same plaintext run.
+    extra = (cpu - med("plain " + per, 5)) / hs * 10000 if hs else None
+    print("%-18s %8s %8.0f (%.0f-%.0f) %7.0f%% %8s %8s %8s %9.2f %16s" % (
+        name, per, statistics.median(vals), min(vals), max(vals), 100 * statistics.median(vals) / plain,
+        "%.0f%%" % (100 * med(case, 2) / hs) if hs else "-",
+        "%.3f" % med(case, 3) if hs else "-", "%.3f" % med(case, 4) if hs else "-",
+        cpu, "%.2f" % extra if extra is not None else "-"))
+print("(msg/s and CPU: medians over the repeats, msg/s range in brackets; % plain: of the plaintext"
+      " median with the same messages per connection; tls p50/p99: the handshake phase in ms;"
+      " srv CPU s: the server's CPU over the run; TLS CPU s/10k hs: its CPU beyond the plaintext"
+      " run's, per 10,000 handshakes)")
+EOF
+}
+
+bench_tls_idle() {
+    local port implicit pid before after
+    port=$(free_port)
+    implicit=$(free_port)
+    pid=$(start_tls_server "$port" "$implicit"); PIDS+=("$pid")
+    wait_port "$implicit"
+    sleep 0.5
+    before=$(rss_kib "$pid")
+    # 1,000 implicit-TLS connections, each handshake finished and the banner read, held
+    # idle while RSS is read.
+    python3 - "$implicit" "$pid" "$OUT/ca.pem" <<'EOF' >"$OUT/tls-idle.txt"
+import resource, socket, ssl, sys, time
+port, pid, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+ctx = ssl.create_default_context(cafile=ca)
+conns = []
+for _ in range(1000):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 5), server_hostname="localhost")
+    assert s.recv(512).startswith(b"220"), "banner"
+    conns.append(s)
+time.sleep(1.0)
+rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")][0].split()[1]
+print(rss)
+EOF
+    after=$(cat "$OUT/tls-idle.txt")
+    stop "$pid"
+    echo "== tls-idle: smtp-server RSS with 1,000 idle implicit-TLS connections"
+    echo "RSS before ${before} KiB, with 1,000 idle TLS connections ${after} KiB:" \
+        "$(((after - before) * 1024 / 1000)) bytes per connection"
+}
+
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 build
 case "${1:-}" in
@@ -309,6 +439,8 @@ case "${1:-}" in
     generator) bench_generator ;;
     rates) bench_rates ;;
     memory) bench_memory ;;
-    all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory ;;
-    *) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    tls) bench_tls ;;
+    tls-idle) bench_tls_idle ;;
+    all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory; bench_tls; bench_tls_idle ;;
+    *) sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

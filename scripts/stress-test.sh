@@ -32,6 +32,15 @@ DOCKER_CONTEXT="$ROOT/docker/bin"           # git-ignored build context
 # file with the same settings (compose's env_file); .ci/stress-test-e2e.sh checks
 # that the two agree.
 SERVER_CONFIG="$ROOT/docker/stress-test.toml"
+# The TLS variant of the same settings (plus a generated certificate), and its env
+# twin for the containers; .ci/stress-test-e2e.sh checks them against the pair above.
+SERVER_CONFIG_TLS="$ROOT/docker/stress-test-tls.toml"
+SERVER_ENV_TLS="docker/stress-test-tls.env"
+# Each TLS server writes the CA of its generated certificate to smtp-server-N/ca.pem
+# here (containers: a bind mount); loadgen verifies with their bundle, ca-bundle.pem,
+# so certificate checking stays on.
+TLS_DIR="$STATE_DIR/tls"
+IMPLICIT_TLS_CONTAINER_PORT=465             # SMTP_IMPLICIT_TLS_PORT in the TLS env file
 
 MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
@@ -54,6 +63,9 @@ BACKEND_FORCED=""
 CLEAN_RESULTS=0
 MESSAGES_ARG=""                             # --messages: overrides a burst test's count
 DURATION_ARG=""                             # --duration: overrides test-sustained's 60s
+TLS_MODE=none                               # --tls: none | starttls | implicit (loadgen's --tls)
+TLS_SET=0                                   # 1 when --tls was given
+SERVERS_TLS_MODE=none                       # the --tls the servers run with (choose_backend)
 
 # Set while a verb has started servers it must stop again on failure or exit.
 OWNED_SERVERS=0
@@ -107,8 +119,10 @@ Verbs:
   test-all         every test above, with a cooldown between them
   run-custom ARGS  run loadgen with ARGS passed through; added when not given:
                    --servers (the running servers), --output
-                   results/<stamp>-custom.json, --test-type custom, and under
-                   Docker --port 2525 and --monitor-containers (the containers)
+                   results/<stamp>-custom.json, --test-type custom, under
+                   Docker --port 2525 and --monitor-containers (the containers),
+                   and with --tls (given before run-custom) --tls MODE and
+                   --tls-ca (the servers' CAs)
   help             this text
 
 Options (before or after the verb; after run-custom everything goes to loadgen):
@@ -121,6 +135,11 @@ Options (before or after the verb; after run-custom everything goes to loadgen):
   --messages N     the message count of the burst tests (quick, burst, heavy, mixed;
                    mixed keeps its size weights), e.g. for a short trial run
   --duration D     the length of test-sustained (default 60s), same grammar
+  --tls MODE       none (default), starttls or implicit: the servers start with a
+                   generated certificate (docker/stress-test-tls.toml / .env), STARTTLS
+                   and an implicit-TLS port, and loadgen runs with --tls MODE, checking
+                   their certificates with --tls-ca (the CAs the servers wrote);
+                   implicit targets the implicit-TLS ports (containers: 465)
   --results        with clean: also delete everything in results/
 
 Every option is checked before anything starts; a bad one exits 2 and names it.
@@ -137,7 +156,8 @@ the first server's ports on 127.0.0.1, both backends; STAMPEDE_PROJECT (stampede
 the compose project, which also names the image (<project>:local), the network and,
 for another name, the containers (<project>-smtp-server-N); STAMPEDE_HEALTH_TIMEOUT
 (60s), STAMPEDE_COOLDOWN (10s), STAMPEDE_DOCKER_TIMEOUT (5s to decide whether Docker
-answers), STAMPEDE_STATE_DIR (results/.stampede: pid file and backend marker).
+answers), STAMPEDE_STATE_DIR (results/.stampede: pid file, backend marker, the TLS
+servers' CAs in tls/).
 Durations take the same grammar as --cooldown.
 EOF
 }
@@ -184,15 +204,22 @@ choose_backend() {
             info "Docker does not answer (or compose is missing): using local processes"
         fi
     fi
-    # Without --servers, follow the servers that `start` left running.
-    if ((SERVERS_SET == 0)) && [[ "$(cut -d' ' -f1 "$BACKEND_FILE" 2>/dev/null)" == "$BACKEND" ]] &&
-        servers_recorded; then
-        SERVERS="$(recorded_count)"
+    # Without --servers or --tls, follow the servers that `start` left running; those
+    # keep the TLS setting they were started with, also when more are added.
+    SERVERS_TLS_MODE=$TLS_MODE
+    if [[ "$(cut -d' ' -f1 "$BACKEND_FILE" 2>/dev/null)" == "$BACKEND" ]] && servers_recorded; then
+        ((SERVERS_SET == 1)) || SERVERS="$(recorded_count)"
+        SERVERS_TLS_MODE="$(recorded_tls)"
+        ((TLS_SET == 1)) || TLS_MODE=$SERVERS_TLS_MODE
     fi
     if [[ "$BACKEND" == docker ]] && ((SERVERS > MAX_DOCKER_SERVERS)); then
         usage_error "--servers $SERVERS: the compose file has $MAX_DOCKER_SERVERS server services (use --local for more)"
     fi
-    info "backend: $BACKEND ($SERVERS server(s))"
+    if [[ "$TLS_MODE" == none ]]; then
+        info "backend: $BACKEND ($SERVERS server(s))"
+    else
+        info "backend: $BACKEND ($SERVERS server(s)), TLS: $TLS_MODE"
+    fi
 }
 
 # True when a `start` left servers recorded in the state directory.
@@ -208,6 +235,23 @@ servers_recorded() {
 }
 
 recorded_count() { cut -d' ' -f2 "$BACKEND_FILE" 2>/dev/null || echo 0; }
+
+# The --tls the running servers were started with (none when the marker predates TLS).
+recorded_tls() {
+    local mode
+    mode="$(cut -d' ' -f3 "$BACKEND_FILE" 2>/dev/null || true)"
+    echo "${mode:-none}"
+}
+
+# The marker of the running servers: backend, count, TLS mode.
+record_servers() { echo "$1 $SERVERS $SERVERS_TLS_MODE" >"$BACKEND_FILE"; }
+
+# Dies when this run asks for TLS and the running servers were started without it
+# (servers started with TLS serve every mode: STARTTLS, implicit TLS and plaintext).
+check_running_tls() {
+    [[ "$TLS_MODE" == none || "$SERVERS_TLS_MODE" != none ]] ||
+        die "the running $BACKEND servers were started without TLS and this run asks for --tls $TLS_MODE; run 'scripts/stress-test.sh stop' first (or start them with --tls)"
+}
 
 compose() {
     "${COMPOSE[@]}" -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE" "$@"
@@ -245,6 +289,12 @@ build_image() {
     mkdir -p "$rootfs/etc" "$rootfs/tmp" "$rootfs/results"
     chmod 1777 "$rootfs/tmp"
     cp "$ROOT/docker/nsswitch.conf" "$rootfs/etc/nsswitch.conf"
+    # loadgen checks certificates against the system roots (plus --tls-ca); an image
+    # with no distribution has none, so the host's bundle goes in.
+    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        mkdir -p "$rootfs/etc/ssl/certs"
+        cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+    fi
     for bin in "${BINARIES[@]}"; do
         cp -p "$RELEASE_DIR/$bin" "$rootfs/$bin"
         # `ldd` prints "=> /path (addr)" or "/path (addr)" per library; static
@@ -341,15 +391,26 @@ local_start() {
         : >"$PID_FILE"
         OWNED_SERVERS=1
     fi
-    echo "local $SERVERS" >"$BACKEND_FILE"
+    record_servers local
+    # A fresh start drops the CAs of earlier servers: each start makes new ones.
+    ((first > 1)) || rm -rf "$TLS_DIR"
     for ((n = first; n <= SERVERS; n++)); do
         port="$(local_smtp_port "$n")"
         admin="$(local_admin_port "$n")"
         logdir="$RESULTS_DIR/server$n-logs"
         mkdir -p "$logdir"
+        local config=$SERVER_CONFIG tls_flags=()
+        if [[ "$SERVERS_TLS_MODE" != none ]]; then
+            # The TLS variant: its CA where loadgen's --tls-ca bundle is made from, and
+            # implicit TLS on a free port (logged as implicit_tls_addr=).
+            config=$SERVER_CONFIG_TLS
+            mkdir -p "$TLS_DIR/smtp-server-$n"
+            tls_flags=(--tls-ca-out "$TLS_DIR/smtp-server-$n/ca.pem" --implicit-tls-port 0)
+        fi
         # The stress settings (see SERVER_CONFIG); the flags set what differs per server.
-        "$RELEASE_DIR/smtp-server" --config "$SERVER_CONFIG" --bind 127.0.0.1 --port "$port" \
-            --admin-port "$admin" --domain "smtp-server-$n" >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
+        "$RELEASE_DIR/smtp-server" --config "$config" --bind 127.0.0.1 --port "$port" \
+            --admin-port "$admin" --domain "smtp-server-$n" "${tls_flags[@]}" \
+            >"$logdir/smtp-server-$n.log" 2>&1 </dev/null &
         pid=$!
         echo "$n $pid $port $admin" >>"$PID_FILE"
     done
@@ -418,7 +479,7 @@ local_scale() {
     local running=$1
     if ((SERVERS < running)); then
         local_stop "$SERVERS"
-        echo "local $SERVERS" >"$BACKEND_FILE"
+        record_servers local
     else
         local_start $((running + 1))
     fi
@@ -426,8 +487,23 @@ local_scale() {
 
 local_servers_list() {
     local n out=()
-    for ((n = 1; n <= SERVERS; n++)); do out+=("127.0.0.1:$(local_smtp_port "$n")"); done
+    for ((n = 1; n <= SERVERS; n++)); do
+        if [[ "$TLS_MODE" == implicit ]]; then
+            out+=("$(local_implicit_addr "$n")")
+        else
+            out+=("127.0.0.1:$(local_smtp_port "$n")")
+        fi
+    done
     (IFS=,; echo "${out[*]}")
+}
+
+# The implicit-TLS address of local server $1, from its start-up line (it was
+# started with --implicit-tls-port 0: a free port).
+local_implicit_addr() {
+    local log="$RESULTS_DIR/server$1-logs/smtp-server-$1.log" addr
+    addr="$(grep -o 'implicit_tls_addr=[0-9.:]*' "$log" 2>/dev/null | head -n 1 | cut -d= -f2)"
+    [[ -n "$addr" ]] || die "server $1 logged no implicit_tls_addr= (was it started with --tls? see $log)"
+    echo "$addr"
 }
 
 local_status() {
@@ -488,6 +564,8 @@ docker_containers_list() {
 export_compose_env() {
     local n
     export STAMPEDE_IMAGE="$IMAGE" STAMPEDE_CONTAINER_PREFIX="$CONTAINER_PREFIX"
+    # The servers' settings file: the TLS variant is chosen in docker_start.
+    export STAMPEDE_SERVER_ENV=docker/stress-test.env STAMPEDE_TLS_DIR="$TLS_DIR"
     for ((n = 1; n <= MAX_DOCKER_SERVERS; n++)); do
         export "STAMPEDE_SMTP_PORT_$n=$(local_smtp_port "$n")" "STAMPEDE_ADMIN_PORT_$n=$(local_admin_port "$n")"
     done
@@ -513,8 +591,16 @@ docker_start() {
         fi
     done
     mkdir -p "$STATE_DIR" "$RESULTS_DIR"
-    echo "docker $SERVERS" >"$BACKEND_FILE"
+    record_servers docker
     [[ "$mode" == scale ]] || OWNED_SERVERS=1
+    # Each container mounts its directory under TLS_DIR (its CA goes there); made
+    # here, by the user, so that Docker does not create them owned by root. A fresh
+    # start drops the CAs of earlier containers.
+    [[ "$mode" == scale ]] || rm -rf "$TLS_DIR"
+    for ((n = 1; n <= MAX_DOCKER_SERVERS; n++)); do mkdir -p "$TLS_DIR/smtp-server-$n"; done
+    if [[ "$SERVERS_TLS_MODE" != none ]]; then
+        export STAMPEDE_SERVER_ENV="$SERVER_ENV_TLS"
+    fi
     # Services beyond N (from an earlier, larger start) are stopped so the count holds.
     local extra=()
     for ((n = SERVERS + 1; n <= MAX_DOCKER_SERVERS; n++)); do extra+=("smtp-server-$n"); done
@@ -590,6 +676,7 @@ cmd_start() {
     if servers_recorded; then
         # `start --servers N` with other servers running scales them to N.
         if ((SERVERS_SET == 1)) && running_count_differs; then
+            check_running_tls
             scale_servers
             return 0
         fi
@@ -645,6 +732,9 @@ cmd_status() {
         local) local_status ;;
         docker) docker_status ;;
     esac
+    if servers_recorded && [[ "$(recorded_tls)" != none ]]; then
+        echo "TLS: started with --tls $(recorded_tls) (STARTTLS and implicit TLS; the servers' CAs in ${TLS_DIR#"$ROOT"/}/)"
+    fi
 }
 
 # Saves each server's log to results/server<N>-logs/ and archives them.
@@ -687,10 +777,11 @@ cmd_logs() {
 run_loadgen() {
     local test_name=$1 run_stamp
     shift
-    local args=("$@") have_servers=0 have_output=0 have_monitor=0 have_type=0 a output
+    local args=("$@") have_servers=0 have_output=0 have_monitor=0 have_type=0 have_tls=0 a output
     for a in "${args[@]}"; do
         case "$a" in
             --servers | --servers=*) have_servers=1 ;;
+            --tls | --tls=*) have_tls=1 ;;
             --output | --output=* | -o) have_output=1 ;;
             --monitor-containers | --monitor-containers=*) have_monitor=1 ;;
             --test-type | --test-type=*) have_type=1 ;;
@@ -716,6 +807,12 @@ run_loadgen() {
         args+=(--output "$output")
     fi
     ((have_type == 1)) || args+=(--test-type "$test_name")
+    local tls_ca="$TLS_DIR/ca-bundle.pem"
+    [[ "$BACKEND" == local ]] || tls_ca=/tls/ca-bundle.pem   # the generator's mount
+    if ((have_tls == 0)) && [[ "$TLS_MODE" != none ]]; then
+        tls_ca_bundle
+        args+=(--tls "$TLS_MODE" --tls-ca "$tls_ca")
+    fi
 
     mkdir -p "$RESULTS_DIR"
     case "$BACKEND" in
@@ -725,7 +822,9 @@ run_loadgen() {
             "$RELEASE_DIR/loadgen" "${args[@]}"
             ;;
         docker)
-            ((have_servers == 1)) || args+=(--servers "$(docker_servers_list)" --port 2525)
+            local port=2525
+            [[ "$TLS_MODE" != implicit ]] || port=$IMPLICIT_TLS_CONTAINER_PORT
+            ((have_servers == 1)) || args+=(--servers "$(docker_servers_list)" --port "$port")
             ((have_monitor == 1)) || args+=(--monitor-containers "$(docker_containers_list)")
             local run_opts=(--rm)
             [[ -t 0 && -t 1 ]] || run_opts+=(-T)
@@ -741,6 +840,20 @@ run_loadgen() {
     esac
     LAST_RESULT="$output"
     LAST_STAMP="$run_stamp"
+}
+
+# Writes TLS_DIR/ca-bundle.pem, loadgen's --tls-ca: the CAs that servers 1..N wrote
+# when they started (a throwaway CA each), so loadgen checks every server's
+# certificate against its own CA.
+tls_ca_bundle() {
+    local n ca bundle="$TLS_DIR/ca-bundle.pem"
+    : >"$bundle.new"
+    for ((n = 1; n <= SERVERS; n++)); do
+        ca="$TLS_DIR/smtp-server-$n/ca.pem"
+        [[ -s "$ca" ]] || die "server $n wrote no CA to $ca: was it started with --tls? ('scripts/stress-test.sh stop', then run again; its log: results/server$n-logs/)"
+        cat "$ca" >>"$bundle.new"
+    done
+    mv "$bundle.new" "$bundle"
 }
 
 # Table, charts and logs for the result of the last run.
@@ -787,6 +900,7 @@ ensure_servers() {
     choose_backend
     ensure_binaries
     if servers_recorded; then
+        check_running_tls
         if running_count_differs; then
             scale_servers
             return 0
@@ -901,12 +1015,12 @@ VERBS=" build start stop clean status logs test-quick test-burst test-sustained 
 parse_args() {
     while (($# > 0)); do
         case "$1" in
-            --servers | --cooldown | --messages | --duration)
+            --servers | --cooldown | --messages | --duration | --tls)
                 (($# >= 2)) || usage_error "$1 needs a value"
                 set_option "$1" "$2"
                 shift 2
                 ;;
-            --servers=* | --cooldown=* | --messages=* | --duration=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            --servers=* | --cooldown=* | --messages=* | --duration=* | --tls=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
             --local | --docker)
                 [[ -z "$BACKEND_FORCED" || "$BACKEND_FORCED" == "${1#--}" ]] ||
                     usage_error "--local and --docker exclude each other"
@@ -936,6 +1050,7 @@ set_option() {
         --cooldown) COOLDOWN_ARG=$2 ;;
         --messages) MESSAGES_ARG=$2 ;;
         --duration) DURATION_ARG=$2 ;;
+        --tls) TLS_MODE=$2; TLS_SET=1 ;;
     esac
 }
 
@@ -962,6 +1077,10 @@ check_options() {
     if [[ -n "$MESSAGES_ARG" && ! "$MESSAGES_ARG" =~ ^[1-9][0-9]{0,8}$ ]]; then
         usage_error "--messages '$MESSAGES_ARG': expected a whole number from 1 to 999999999"
     fi
+    case "$TLS_MODE" in
+        none | starttls | implicit) ;;
+        *) usage_error "--tls '$TLS_MODE': expected none, starttls or implicit" ;;
+    esac
     # Checked here, passed to loadgen as given (it reads the same grammar).
     [[ -z "$DURATION_ARG" ]] || duration_seconds --duration "$DURATION_ARG" >/dev/null
     # Compose's rule for project names; the name also goes into image and container names.

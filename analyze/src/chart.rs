@@ -4,6 +4,7 @@
 //! plotters' `ab_glyph` backend, so charts render on a bare machine or a `FROM
 //! scratch` container with no fonts installed.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -73,6 +74,37 @@ pub fn draw_all(
     out: &Path,
     size: (u32, u32),
 ) -> anyhow::Result<ChartReport> {
+    draw_on_canvas(inputs, &Canvas::files(out, size))
+}
+
+/// One chart drawn as an SVG document in memory.
+pub struct SvgChart {
+    /// The chart's name, as its file would be named (`throughput`, `spectrum`).
+    pub name: String,
+    pub svg: String,
+}
+
+/// Every chart the inputs allow, as SVG documents in memory (for a page that
+/// embeds them), with the notes on what was left out.
+pub fn draw_svgs(
+    inputs: &[(PathBuf, RunResult)],
+    size: (u32, u32),
+) -> anyhow::Result<(Vec<SvgChart>, Vec<String>)> {
+    let canvas = Canvas {
+        out: Output::Svg(RefCell::new(Vec::new())),
+        size,
+    };
+    let report = draw_on_canvas(inputs, &canvas)?;
+    let charts = match canvas.out {
+        Output::Svg(charts) => charts.into_inner(),
+        Output::Files(_) => Vec::new(),
+    };
+    Ok((charts, report.skipped))
+}
+
+/// The charts the inputs allow, each drawn on `canvas`; the same choice of
+/// charts (and the same notes) whether they go to files or into a page.
+fn draw_on_canvas(inputs: &[(PathBuf, RunResult)], canvas: &Canvas) -> anyhow::Result<ChartReport> {
     register_font();
     let series: Vec<Series> = inputs
         .iter()
@@ -83,7 +115,6 @@ pub fn draw_all(
             color: color(i),
         })
         .collect();
-    let canvas = Canvas { out, size };
     let mut report = ChartReport::default();
 
     let has_timeline = |r: &RunResult| !r.timeline.is_empty();
@@ -195,25 +226,65 @@ impl ChartReport {
 
 /// Where and how large the charts are drawn.
 struct Canvas<'a> {
-    out: &'a Path,
+    out: Output<'a>,
     size: (u32, u32),
 }
 
-impl Canvas<'_> {
-    /// Draws `chart` as `NAME.png` and `NAME.svg`.
+/// Where the drawn charts go.
+enum Output<'a> {
+    /// `NAME.png` and `NAME.svg` in this directory.
+    Files(&'a Path),
+    /// SVG documents kept in memory, in the order drawn.
+    Svg(RefCell<Vec<SvgChart>>),
+}
+
+impl<'a> Canvas<'a> {
+    fn files(dir: &'a Path, size: (u32, u32)) -> Canvas<'a> {
+        Canvas {
+            out: Output::Files(dir),
+            size,
+        }
+    }
+
+    /// Draws `chart` to the canvas's output.
     fn render<C: Chart>(
         &self,
         chart: &C,
         name: &str,
         report: &mut ChartReport,
     ) -> anyhow::Result<()> {
-        let png = self.out.join(format!("{name}.png"));
+        match &self.out {
+            Output::Files(dir) => self.render_files(dir, chart, name, report),
+            Output::Svg(charts) => {
+                let mut svg = String::new();
+                {
+                    let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
+                    draw_on(chart, &root, Path::new(name))?;
+                }
+                charts.borrow_mut().push(SvgChart {
+                    name: name.to_string(),
+                    svg,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Draws `chart` as `NAME.png` and `NAME.svg` in `dir`.
+    fn render_files<C: Chart>(
+        &self,
+        dir: &Path,
+        chart: &C,
+        name: &str,
+        report: &mut ChartReport,
+    ) -> anyhow::Result<()> {
+        let png = dir.join(format!("{name}.png"));
         {
             let root = BitMapBackend::new(&png, self.size).into_drawing_area();
             draw_on(chart, &root, &png)?;
         }
         report.written.push(png);
-        let svg = self.out.join(format!("{name}.svg"));
+        let svg = dir.join(format!("{name}.svg"));
         {
             let root = SVGBackend::new(&svg, self.size).into_drawing_area();
             draw_on(chart, &root, &svg)?;

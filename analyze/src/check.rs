@@ -1,152 +1,119 @@
 //! `check`: absolute gates on one result, in the manner of k6 thresholds
-//! (`p99<=25ms`, `success_rate>=99.9`).
+//! (`p99<=25ms`, `success_rate>=99.9`). The grammar and the judging are
+//! [`report::gate`]'s, shared with `loadgen --require`; `check` judges each
+//! figure as named (`p99` is the service time, `corrected_p99` the corrected one).
+
+use std::path::Path;
 
 use report::RunResult;
+use report::gate::{self, Gate, GateOutcome, LatencyBasis};
+use serde::Serialize;
 
-use crate::figures::{self, Figure};
+use crate::output::{self, Format, TestCase, md_cell};
 
-/// A comparison operator of a gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Le,
-    Lt,
-    Ge,
-    Gt,
-    Eq,
-}
-
-impl Op {
-    fn symbol(self) -> &'static str {
-        match self {
-            Op::Le => "<=",
-            Op::Lt => "<",
-            Op::Ge => ">=",
-            Op::Gt => ">",
-            Op::Eq => "==",
-        }
-    }
-
-    fn holds(self, value: f64, limit: f64) -> bool {
-        match self {
-            Op::Le => value <= limit,
-            Op::Lt => value < limit,
-            Op::Ge => value >= limit,
-            Op::Gt => value > limit,
-            Op::Eq => (value - limit).abs() <= f64::EPSILON * limit.abs().max(1.0),
-        }
-    }
-}
-
-/// One `--require` gate.
-pub struct Gate {
-    pub figure: &'static Figure,
-    pub op: Op,
-    /// In the figure's unit (milliseconds for latency).
-    pub limit: f64,
-}
-
-impl Gate {
-    /// Parses `figure OP value[unit]`. An unknown figure is an error that lists
-    /// the known ones.
-    pub fn parse(text: &str) -> Result<Gate, String> {
-        // Two-character operators first, so `<=` is not read as `<`.
-        const OPS: [(&str, Op); 6] = [
-            ("<=", Op::Le),
-            (">=", Op::Ge),
-            ("==", Op::Eq),
-            ("<", Op::Lt),
-            (">", Op::Gt),
-            ("=", Op::Eq),
-        ];
-        let (at, symbol, op) = OPS
-            .iter()
-            .filter_map(|(s, op)| text.find(s).map(|at| (at, *s, *op)))
-            .min_by_key(|(at, s, _)| (*at, std::cmp::Reverse(s.len())))
-            .ok_or_else(|| {
-                format!("--require {text:?}: expected FIGURE OP VALUE, e.g. 'p99<=25ms' (OP is one of <= < >= > ==)")
-            })?;
-        let name = text[..at].trim();
-        let value = text[at + symbol.len()..].trim();
-        let figure = figures::find(name).ok_or_else(|| {
-            format!(
-                "--require {text:?}: unknown figure {name:?}; known figures: {}",
-                figures::known_names()
-            )
-        })?;
-        let limit =
-            figures::parse_value(figure, value).map_err(|e| format!("--require {text:?}: {e}"))?;
-        Ok(Gate { figure, op, limit })
-    }
-}
-
-/// The outcome of one gate.
-pub struct Outcome {
-    pub line: String,
-    pub passed: bool,
-}
-
-/// Evaluates every gate; a figure the result does not hold fails its gate.
-pub fn evaluate(result: &RunResult, gates: &[Gate]) -> Vec<Outcome> {
-    gates
+/// Parses the `--require` values; the error names the flag and, for an unknown
+/// figure, lists the known ones.
+pub fn parse_gates(texts: &[String]) -> Result<Vec<Gate>, String> {
+    texts
         .iter()
-        .map(|g| {
-            let want = format!(
-                "{} {} {}",
-                g.figure.name,
-                g.op.symbol(),
-                g.figure.format_with_unit(g.limit)
-            );
-            match (g.figure.get)(result) {
-                Some(v) => {
-                    let passed = g.op.holds(v, g.limit);
-                    let verdict = if passed { "PASS" } else { "FAIL" };
-                    Outcome {
-                        line: format!(
-                            "{verdict}  {want:<40} actual {}",
-                            g.figure.format_with_unit(v)
-                        ),
-                        passed,
-                    }
-                }
-                None => Outcome {
-                    line: format!("FAIL  {want:<40} actual: not in this result"),
-                    passed: false,
-                },
-            }
-        })
+        .map(|t| Gate::parse(t).map_err(|e| format!("--require {e}")))
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Evaluates every gate; a figure the result does not hold fails its gate.
+pub fn evaluate(result: &RunResult, gates: &[Gate]) -> Vec<GateOutcome> {
+    gate::evaluate(result, gates, LatencyBasis::AsNamed)
+}
 
-    #[test]
-    fn gates_parse_with_units() {
-        let g = Gate::parse("p99<=25ms").unwrap();
-        assert_eq!((g.figure.name, g.op, g.limit), ("p99", Op::Le, 25.0));
-        let g = Gate::parse("messages_per_second >= 500").unwrap();
-        assert_eq!((g.op, g.limit), (Op::Ge, 500.0));
-        let g = Gate::parse("success_rate>99.9%").unwrap();
-        assert_eq!((g.op, g.limit), (Op::Gt, 99.9));
-        let g = Gate::parse("p99.9<0.1s").unwrap();
-        assert_eq!((g.figure.name, g.op, g.limit), ("p99_9", Op::Lt, 100.0));
-        let g = Gate::parse("failed==0").unwrap();
-        assert_eq!(
-            (g.figure.name, g.op, g.limit),
-            ("failed_messages", Op::Eq, 0.0)
-        );
-    }
+/// What `check --format json` prints.
+#[derive(Debug, Serialize)]
+pub struct CheckReport<'a> {
+    /// The result file checked.
+    pub file: String,
+    /// True when every gate passed.
+    pub passed: bool,
+    /// How many gates were missed.
+    pub missed: usize,
+    /// One entry per gate, in the order given, as a result's `gates` key.
+    pub gates: &'a [GateOutcome],
+}
 
-    #[test]
-    fn unknown_figure_lists_the_known_ones() {
-        let e = Gate::parse("p98<=1ms").err().unwrap();
-        assert!(e.contains("unknown figure \"p98\""), "{e}");
-        assert!(
-            e.contains("messages_per_second") && e.contains("p99_9"),
-            "{e}"
-        );
-        assert!(Gate::parse("p99 25ms").is_err());
-        assert!(Gate::parse("p99<=fast").is_err());
+/// Renders the outcomes of the gates on `file` in `format`.
+pub fn render(file: &Path, outcomes: &[GateOutcome], format: Format) -> String {
+    match format {
+        Format::Text => text(outcomes),
+        Format::Markdown => markdown(file, outcomes),
+        Format::Json => json(file, outcomes),
+        Format::Junit => junit(file, outcomes),
     }
+}
+
+fn missed(outcomes: &[GateOutcome]) -> usize {
+    outcomes.iter().filter(|o| !o.passed).count()
+}
+
+/// `all 3 gates passed`, `1 of 3 gates missed`.
+fn verdict(outcomes: &[GateOutcome]) -> String {
+    match missed(outcomes) {
+        0 => format!("all {} gates passed", outcomes.len()),
+        n => format!("{n} of {} gates missed", outcomes.len()),
+    }
+}
+
+fn text(outcomes: &[GateOutcome]) -> String {
+    let mut out: String = outcomes.iter().map(|o| o.line() + "\n").collect();
+    out.push_str(&verdict(outcomes));
+    out.push('\n');
+    out
+}
+
+fn markdown(file: &Path, outcomes: &[GateOutcome]) -> String {
+    let mut out = format!(
+        "**Gates** on `{}`\n\n",
+        md_cell(&file.display().to_string())
+    );
+    out.push_str("| | gate | figure | limit | actual |\n|---|---|---|---|---|\n");
+    for o in outcomes {
+        let mark = if o.passed { "PASS" } else { "**FAIL**" };
+        let limit = o
+            .figure()
+            .map_or(o.limit.to_string(), |f| f.format_with_unit(o.limit));
+        out.push_str(&format!(
+            "| {mark} | `{}` | {} | {} {} | {} |\n",
+            md_cell(&o.gate),
+            md_cell(&o.figure),
+            o.op.symbol(),
+            limit,
+            md_cell(&o.observed_text())
+        ));
+    }
+    let bold = if missed(outcomes) == 0 { "" } else { "**" };
+    out.push_str(&format!("\n{bold}{}{bold}\n", verdict(outcomes)));
+    out
+}
+
+fn json(file: &Path, outcomes: &[GateOutcome]) -> String {
+    let report = CheckReport {
+        file: file.display().to_string(),
+        passed: missed(outcomes) == 0,
+        missed: missed(outcomes),
+        gates: outcomes,
+    };
+    serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+}
+
+fn junit(file: &Path, outcomes: &[GateOutcome]) -> String {
+    let cases: Vec<TestCase> = outcomes
+        .iter()
+        .map(|o| TestCase {
+            name: o.requirement(),
+            failure: (!o.passed).then(|| format!("actual {}", o.observed_text())),
+            detail: format!("{}: actual {}", o.gate, o.observed_text()),
+        })
+        .collect();
+    output::junit(
+        &format!("analyze check {}", file.display()),
+        &cases,
+        &verdict(outcomes),
+    )
 }

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::catalog::stem;
 use crate::figures::{self, Better, FIGURES, Figure, Unit};
+use crate::output::{self, Format, TestCase};
 use crate::significance::{self, ALPHA, UTest};
 use crate::tables::new_table;
 
@@ -482,31 +483,47 @@ fn format_delta(row: &Row) -> (String, String) {
     (abs, rel)
 }
 
-/// Output formats of `compare`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Markdown,
-    Json,
-}
-
-impl Format {
-    /// Where the settings warnings go, once each: a markdown document (a CI step
-    /// summary, a PR comment) carries them itself; with the table (read on a
-    /// terminal) and JSON (data) they go to stderr, which stays on the screen when
-    /// stdout is piped.
-    pub fn warnings_on_stderr(self) -> bool {
-        self != Format::Markdown
-    }
-}
-
 /// Renders the comparison.
 pub fn render(c: &Comparison, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(c).unwrap_or_default() + "\n",
-        Format::Table => render_text(c, false),
+        Format::Text => render_text(c, false),
         Format::Markdown => render_text(c, true),
+        Format::Junit => render_junit(c),
     }
+}
+
+/// One test case per figure, failed when it regressed; the warnings and notes go
+/// to the suite's output.
+fn render_junit(c: &Comparison) -> String {
+    let cases: Vec<TestCase> = c
+        .rows
+        .iter()
+        .map(|row| {
+            let (abs, rel) = format_delta(row);
+            let detail = format!(
+                "base {} new {} change {abs} ({rel}) threshold {}: {}",
+                format_side(row.figure, &row.base),
+                format_side(row.figure, &row.new),
+                row.threshold,
+                row.verdict.label()
+            );
+            TestCase {
+                name: row.figure.to_string(),
+                failure: (row.verdict == Verdict::Regression)
+                    .then(|| format!("regression: {abs} ({rel}), past {}", row.threshold)),
+                detail,
+            }
+        })
+        .collect();
+    let mut suite_out = format!("base: {}\nnew: {}\n", c.base.join(" "), c.new.join(" "));
+    for w in &c.warnings {
+        suite_out.push_str(&format!("warning: {w}\n"));
+    }
+    for n in &c.notes {
+        suite_out.push_str(&format!("note: {n}\n"));
+    }
+    output::junit("analyze compare", &cases, &suite_out)
 }
 
 /// The sources, the markdown document's warnings, the table, the notes and the
@@ -545,7 +562,7 @@ fn render_text(c: &Comparison, markdown: bool) -> String {
 }
 
 /// One row per figure; the `p` and shift columns only when a figure was tested.
-fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
+pub(crate) fn figures_table(c: &Comparison, markdown: bool) -> comfy_table::Table {
     let tested = c.rows.iter().any(|r| r.test.is_some());
     let mut header = vec!["figure", "base", "new", "change", "change %"];
     if tested {

@@ -1,5 +1,5 @@
-//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts
-//! and merged results.
+//! `analyze`: turns Stampede result files into tables, comparisons, gates, charts,
+//! merged results and HTML reports.
 //!
 //! Exit status: 0 success; 1 `compare` found a regression or `check` a missed
 //! gate; 2 a usage error or a file that could not be read or written (including
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use analyze::{Catalog, CompareFormat, Entry, Gate, Thresholds};
+use analyze::{Catalog, Entry, Format, Thresholds};
 
 /// Exit status when a regression or a missed gate was found.
 const EXIT_FAILED_GATE: u8 = 1;
@@ -83,6 +83,9 @@ enum Command {
     Chart(ChartArgs),
     /// One result from several generators' results of the same run.
     Merge(MergeArgs),
+    /// One self-contained HTML page (inline CSS and SVG charts, no network fetch) of
+    /// one result, or of several with a comparison against the first.
+    Report(ReportArgs),
 }
 
 #[derive(Args)]
@@ -100,9 +103,10 @@ struct CompareArgs {
     /// `p99=10%` or `p99=2ms` for one figure, `timeouts=off` to exempt one. Repeatable.
     #[arg(long, value_name = "[FIGURE=]LIMIT")]
     threshold: Vec<String>,
-    /// Output format; markdown suits a CI step summary.
-    #[arg(long, value_enum, default_value = "table")]
-    format: CompareFormat,
+    /// Output format: text (a terminal), markdown (a CI step summary), json, or
+    /// junit (XML, one test case per figure, failed when it regressed).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -112,6 +116,10 @@ struct CheckArgs {
     /// A gate such as 'messages_per_second>=500', 'p99<=25ms', 'success_rate>=99.9%'.
     #[arg(long = "require", value_name = "GATE", required = true)]
     require: Vec<String>,
+    /// Output format: text (a terminal), markdown (a CI step summary), json, or
+    /// junit (XML, one test case per gate, failed when missed).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -138,6 +146,19 @@ struct MergeArgs {
     /// The merged result file.
     #[arg(short, long)]
     output: PathBuf,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Result files; with several, the first is the baseline of the comparison.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The HTML file to write (replaced atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Allowed change in the bad direction, as for `compare`. Repeatable.
+    #[arg(long, value_name = "[FIGURE=]LIMIT")]
+    threshold: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +188,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => run_check(args),
         Command::Chart(args) => run_chart(args),
         Command::Merge(args) => run_merge(args),
+        Command::Report(args) => run_report(args),
     }
 }
 
@@ -231,25 +253,18 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let gates = args
-        .require
-        .iter()
-        .map(|g| Gate::parse(g))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let gates = analyze::parse_gates(&args.require).map_err(anyhow::Error::msg)?;
     let result = analyze::load(&args.file)?;
     let outcomes = analyze::evaluate_gates(&result, &gates);
-    for o in &outcomes {
-        outln!("{}", o.line);
-    }
-    let missed = outcomes.iter().filter(|o| !o.passed).count();
-    if missed == 0 {
-        outln!("all {} gates passed", outcomes.len());
-        Ok(ExitCode::SUCCESS)
+    out!(
+        "{}",
+        analyze::render_check(&args.file, &outcomes, args.format)
+    );
+    Ok(if outcomes.iter().all(|o| o.passed) {
+        ExitCode::SUCCESS
     } else {
-        outln!("{missed} of {} gates missed", outcomes.len());
-        Ok(ExitCode::from(EXIT_FAILED_GATE))
-    }
+        ExitCode::from(EXIT_FAILED_GATE)
+    })
 }
 
 fn run_chart(args: ChartArgs) -> anyhow::Result<ExitCode> {
@@ -285,6 +300,25 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         merged.metrics.total_messages,
         merged.metrics.messages_per_second,
         analyze::format_ms(merged.metrics.latency_ms.p99)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let thresholds = Thresholds::parse(&args.threshold).map_err(anyhow::Error::msg)?;
+    let runs = args
+        .files
+        .iter()
+        .map(|p| analyze::ReportRun::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let generated = report::format_timestamp(chrono::Utc::now());
+    let page = analyze::render_html(&runs, &thresholds, &generated)?;
+    analyze::write_atomic(&args.output, &page)?;
+    outln!(
+        "wrote {} ({} result{})",
+        args.output.display(),
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,8 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         tls: merge_tls(inputs, &mut notes),
         stages: merge_stages(inputs, &mut notes),
         warmup_s: None,
+        // Each generator judged its own share; the merged run has not been judged.
+        gates: None,
     };
     Ok((merged, notes))
 }

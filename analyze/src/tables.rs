@@ -33,7 +33,7 @@ pub fn new_table(header: &[&str]) -> Table {
     t
 }
 
-fn key_value(title: &str, rows: Vec<(&str, String)>) -> Table {
+pub(crate) fn key_value(title: &str, rows: Vec<(&str, String)>) -> Table {
     let mut t = new_table(&[title, ""]);
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
@@ -87,6 +87,18 @@ pub fn show(path: &Path, r: &RunResult) -> String {
         );
     }
 
+    let _ = writeln!(out, "{}", key_value("config", config_rows(r)));
+
+    let _ = writeln!(out, "{}", key_value("messages", message_rows(r)));
+
+    let _ = writeln!(out, "{}", key_value("performance", performance_rows(r)));
+    show_figures(&mut out, r);
+    out
+}
+
+/// What was run and how: the `config` table of `show` and of the HTML report.
+pub(crate) fn config_rows(r: &RunResult) -> Vec<(&'static str, String)> {
+    let m = &r.metrics;
     let mut config = vec![
         ("test type", r.test_type.clone()),
         ("servers", r.servers.join(", ")),
@@ -152,8 +164,12 @@ pub fn show(path: &Path, r: &RunResult) -> String {
         ));
     }
     config.push(("generator saturated", yes_no(r.generator_saturated)));
-    let _ = writeln!(out, "{}", key_value("config", config));
+    config
+}
 
+/// Message counts and the success rate.
+pub(crate) fn message_rows(r: &RunResult) -> Vec<(&'static str, String)> {
+    let m = &r.metrics;
     let mut messages = vec![
         ("total", m.total_messages.to_string()),
         ("successful", m.successful_messages.to_string()),
@@ -172,15 +188,30 @@ pub fn show(path: &Path, r: &RunResult) -> String {
     if !r.is_legacy() && (r.target_rate.is_some() || m.late_sends > 0) {
         messages.push(("late sends", m.late_sends.to_string()));
     }
-    let _ = writeln!(out, "{}", key_value("messages", messages));
+    messages
+}
 
+/// Duration, throughput and bytes.
+pub(crate) fn performance_rows(r: &RunResult) -> Vec<(&'static str, String)> {
+    let m = &r.metrics;
     let performance = vec![
         ("duration", format!("{:.2} s", m.duration_seconds)),
         ("msg/s", format!("{:.2}", m.messages_per_second)),
         ("MB/s", format!("{:.2}", megabytes_per_second(r))),
         ("bytes sent", format_bytes(m.total_bytes_sent)),
     ];
-    let _ = writeln!(out, "{}", key_value("performance", performance));
+    performance
+}
+
+/// The per-server table of `show`, for the HTML report.
+pub(crate) fn per_server_table(r: &RunResult) -> Table {
+    server_table(r)
+}
+
+/// The tables of `show` after the headline ones: TLS, latency, phases, servers,
+/// replies, resources, each when the result holds it.
+fn show_figures(out: &mut String, r: &RunResult) {
+    let m = &r.metrics;
     if let Some(tls) = &r.tls {
         let _ = writeln!(out, "{}", tls_table(tls));
     }
@@ -206,11 +237,10 @@ pub fn show(path: &Path, r: &RunResult) -> String {
     if !r.resources.is_empty() {
         let _ = writeln!(out, "{}", resource_table(r));
     }
-    out
 }
 
 /// One row per percentile; a second column when the corrected latency exists.
-fn latency_table(l: &LatencySummary, corrected: Option<&LatencySummary>) -> Table {
+pub(crate) fn latency_table(l: &LatencySummary, corrected: Option<&LatencySummary>) -> Table {
     let mut header = vec!["latency", "ms"];
     if corrected.is_some() {
         header = vec!["latency", "measured ms", "corrected ms"];
@@ -248,7 +278,7 @@ fn auth_setting(config: &serde_json::Value) -> Option<String> {
 
 /// What the run's TLS handshakes negotiated: mode, count, the share resumed,
 /// and each version and cipher suite with its share.
-fn tls_table(tls: &TlsSummary) -> Table {
+pub(crate) fn tls_table(tls: &TlsSummary) -> Table {
     let share = |n: u64| format!("{n} ({})", percent_of(n, tls.handshakes));
     let mut rows = vec![
         ("mode", tls.mode.clone()),
@@ -264,7 +294,7 @@ fn tls_table(tls: &TlsSummary) -> Table {
     key_value("tls", rows)
 }
 
-fn phase_table(r: &RunResult) -> Table {
+pub(crate) fn phase_table(r: &RunResult) -> Table {
     let mut t = new_table(&["phase", "avg ms", "p50 ms", "p90 ms", "p99 ms", "max ms"]);
     let phases = &r.metrics.phases_ms;
     // Protocol order first, then anything else the generator recorded.
@@ -376,7 +406,7 @@ fn server_table(r: &RunResult) -> Table {
     t
 }
 
-fn reply_table(r: &RunResult) -> Table {
+pub(crate) fn reply_table(r: &RunResult) -> Table {
     let m = &r.metrics;
     let mut t = new_table(&["reply / error", "count", "share"]);
     for (code, n) in &m.replies {
@@ -401,7 +431,7 @@ fn reply_table(r: &RunResult) -> Table {
     t
 }
 
-fn resource_table(r: &RunResult) -> Table {
+pub(crate) fn resource_table(r: &RunResult) -> Table {
     let mut t = new_table(&[
         "server resources",
         "samples",

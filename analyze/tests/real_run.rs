@@ -129,3 +129,57 @@ async fn real_runs_are_shown_gated_compared_charted_and_merged() {
     );
     assert!(m.per_server.iter().all(|p| p.successful_messages == 200));
 }
+
+/// One grammar: the gates `loadgen --require` recorded, checked again by
+/// `analyze check` on the figures the result names, get the same verdicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_check_agrees_with_the_gates_loadgen_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_servers(1).await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.smtp_addr()).collect();
+    let sustained = &[
+        "--mode",
+        "sustained",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--size",
+        "small",
+        "--require",
+        "p99<=10s",
+        "--require",
+        "p50<=1us",
+        "--require",
+        "success_rate>=99.9",
+    ];
+    let path = loadgen_run(&addrs, sustained, dir.path(), "gated.json").await;
+    stop_servers(servers).await;
+    let recorded = report::load(&path).unwrap().gates.expect("gates recorded");
+    let verdicts: Vec<(&str, bool)> = recorded
+        .iter()
+        .map(|g| (g.figure.as_str(), g.passed))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("corrected_p99", true),
+            ("corrected_p50", false),
+            ("success_rate", true)
+        ]
+    );
+    let mut args = vec!["check".to_string(), s(&path).to_string()];
+    for g in &recorded {
+        args.push("--require".into());
+        args.push(format!("{}{}{}", g.figure, g.op.symbol(), g.limit));
+    }
+    args.extend(["--format".into(), "json".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = analyze(&args);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for (i, g) in recorded.iter().enumerate() {
+        assert_eq!(v["gates"][i]["passed"], g.passed, "{}", g.gate);
+        assert_eq!(v["gates"][i]["observed"], serde_json::json!(g.observed));
+    }
+}

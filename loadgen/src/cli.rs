@@ -75,7 +75,7 @@ impl AuthMechanism {
 
 /// Stampede's SMTP load generator.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "loadgen", version, about, long_about = None)]
+#[command(name = "loadgen", version, about, long_about = None, after_help = EXIT_CODES_HELP)]
 pub struct Args {
     /// Servers to load, comma separated: `host` or `host:port` (round-robin).
     #[arg(long, env = "LOADGEN_SERVERS", value_delimiter = ',', required = true)]
@@ -264,4 +264,43 @@ pub struct Args {
     /// in turn, one per connection.
     #[arg(long, env = "LOADGEN_AUTH_FILE", help_heading = "AUTH")]
     pub auth_file: Option<PathBuf>,
+
+    /// A gate the run must meet, in the grammar of `analyze check`: `p99<=25ms`,
+    /// `success_rate>=99.9`, `failed==0`. Repeatable, or a comma list (the
+    /// environment variable's form: `p99<=25ms,success_rate>=99.9`). Judged at the end of the
+    /// run; a missed gate exits 99 after the result (with its `gates` key) is
+    /// written. Latency figures (avg, p50 .. p99_9, max) are judged on the
+    /// coordinated-omission corrected latency where the run measures it
+    /// (sustained mode), on the service time otherwise (burst); the result names
+    /// the figure judged (`corrected_p99`).
+    #[arg(
+        long = "require",
+        env = "LOADGEN_REQUIRE",
+        value_name = "GATE",
+        value_delimiter = ',',
+        help_heading = "Gates"
+    )]
+    pub require: Vec<String>,
+
+    /// Stop the run as soon as a --require gate can no longer be met: a count
+    /// that only grows (failed, connection_errors, timeouts, late_sends) past its
+    /// limit, or more failures than success_rate or successful_messages allows
+    /// of the planned total. The run is recorded as aborted by that gate and
+    /// exits 99. Latency and throughput gates are judged at the end only.
+    #[arg(
+        long,
+        env = "LOADGEN_ABORT_ON_FAIL",
+        requires = "require",
+        help_heading = "Gates"
+    )]
+    pub abort_on_fail: bool,
 }
+
+/// `loadgen --help`'s closing section.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    the run was carried out (and met every --require gate)
+  1    the run could not be carried out (unreachable server, no runtime, result not written)
+  2    bad usage: a bad flag or value, named on stderr
+  99   a --require gate was missed, or --abort-on-fail stopped the run (result written)
+  130  interrupted with Ctrl-C (result written, marked interrupted)";

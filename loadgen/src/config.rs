@@ -356,6 +356,11 @@ pub struct Config {
     /// `--warmup`: sends due before this are left out of the figures.
     #[serde(with = "secs")]
     pub warmup: Duration,
+    /// `--require`, as given; parsed in `gates`.
+    pub require: Vec<String>,
+    pub abort_on_fail: bool,
+    #[serde(skip)]
+    pub gates: Vec<report::Gate>,
 }
 
 /// How every connection authenticates. Serialized into the result without the
@@ -735,6 +740,11 @@ impl Config {
                 "use letters, digits, '-', '_' or '.' (it becomes part of a file name)",
             ));
         }
+        let gates = a
+            .require
+            .iter()
+            .map(|g| report::Gate::parse(g).map_err(|e| invalid("require", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
         let monitor_containers = a
             .monitor_containers
             .iter()
@@ -768,6 +778,9 @@ impl Config {
             arrivals,
             seed,
             warmup,
+            require: a.require,
+            abort_on_fail: a.abort_on_fail,
+            gates,
         })
     }
 

@@ -13,7 +13,9 @@
 //! - measurement: `stats` (histograms and counters), `containers` (the servers' CPU
 //!   and memory);
 //! - presentation: `progress` (the live line and the summary), `result` (the
-//!   [`report`] model filled in).
+//!   [`report`] model filled in);
+//! - judging: `require` (the `--require` gates on the result, and the
+//!   `--abort-on-fail` watch during the run).
 //!
 //! The printer never measures and the client never formats.
 
@@ -24,6 +26,7 @@ mod config;
 mod containers;
 mod message;
 mod progress;
+mod require;
 mod result;
 mod runtime;
 mod schedule;
@@ -44,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
+pub use require::table as gates_table;
 pub use runtime::main_runtime;
 
 use crate::auth::Logins;
@@ -52,6 +56,7 @@ use crate::client::{
 };
 use crate::containers::ContainerMonitor;
 use crate::message::MessageFactory;
+use crate::require::GateWatch;
 use crate::result::{ProcessUsage, RunFacts};
 use crate::runtime::Shards;
 use crate::schedule::{Dispatcher, Gates, Plan, workers_for};
@@ -110,37 +115,69 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let shards = start_shards(&config, &plan)?;
     let workers = spawn_workers(&shards, &shared, &plan.pools);
     let progress = config.progress.then(|| Progress::start(&shared));
+    let watch = (config.abort_on_fail && !config.gates.is_empty())
+        .then(|| GateWatch::start(Arc::clone(&shared), config.gates.clone(), plan.total));
 
     // Sustained runs end on time: whatever is still in flight at the end of the
     // window plus the drain timeout is aborted and counted.
     let abort_at = plan.window.map(|w| origin + w + config.drain_timeout);
     let drain = config.drain_timeout;
-    let interrupted_at = wait_for_workers(
+    let stopped_at = wait_for_workers(
         workers,
         &shared,
         dispatcher.as_ref(),
-        &interrupt,
+        Stoppers {
+            interrupt: &interrupt,
+            gate_missed: watch.as_ref().map(|w| &w.missed),
+        },
         abort_at,
         drain,
     )
     .await;
     // Every worker has ended: the shard threads stop.
     drop(shards);
+    let aborted_by_gate = match watch {
+        Some(w) => w.finish().await,
+        None => None,
+    };
 
     let done = teardown(shared, dispatcher, progress, monitor).await;
     let mut stats = done.stats;
-    let end = run_end(&stats, origin, plan.window, interrupted_at);
+    let end = run_end(&stats, origin, plan.window, stopped_at);
     let facts = RunFacts {
         config: &config,
         run_id: &run_id,
         start,
         duration: end - origin,
-        interrupted: interrupted_at.is_some(),
+        // A run a gate stopped is recorded as such in `gates`, not as interrupted.
+        interrupted: stopped_at.is_some() && aborted_by_gate.is_none(),
         usage_before,
         usage_after: done.usage_after,
         resources: done.resources,
     };
-    result::build(&mut stats, facts)
+    let mut result = result::build(&mut stats, facts)?;
+    if !config.gates.is_empty() {
+        result.gates = Some(require::judge(&result, &config.gates, aborted_by_gate));
+    }
+    Ok(result)
+}
+
+/// What ends a run early: Ctrl-C, or with `--abort-on-fail` a gate already lost.
+struct Stoppers<'a> {
+    interrupt: &'a CancellationToken,
+    gate_missed: Option<&'a CancellationToken>,
+}
+
+impl Stoppers<'_> {
+    async fn stopped(&self) {
+        match self.gate_missed {
+            Some(g) => tokio::select! {
+                _ = self.interrupt.cancelled() => {}
+                _ = g.cancelled() => {}
+            },
+            None => self.interrupt.cancelled().await,
+        }
+    }
 }
 
 /// Checks every server before the run; the error names the server as given.
@@ -327,15 +364,15 @@ impl Progress {
     }
 }
 
-/// Waits until every worker has ended. Ctrl-C (`interrupt`) stops new messages and
-/// gives the ones in flight the drain time; at `abort_at` (or the end of that drain
-/// time, whichever is first) whatever still runs is aborted. Returns when Ctrl-C
-/// came, if it did.
+/// Waits until every worker has ended. Ctrl-C or a lost gate (`stoppers`) stops
+/// new messages and gives the ones in flight the drain time; at `abort_at` (or the
+/// end of that drain time, whichever is first) whatever still runs is aborted.
+/// Returns when the run was stopped early, if it was.
 async fn wait_for_workers(
     mut workers: JoinSet<()>,
     shared: &RunShared,
     dispatcher: Option<&Dispatcher>,
-    interrupt: &CancellationToken,
+    stoppers: Stoppers<'_>,
     mut abort_at: Option<Instant>,
     drain: Duration,
 ) -> Option<Instant> {
@@ -353,7 +390,7 @@ async fn wait_for_workers(
                 Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Some(_) => {}
             },
-            _ = interrupt.cancelled(), if interrupted_at.is_none() => {
+            _ = stoppers.stopped(), if interrupted_at.is_none() => {
                 let now = Instant::now();
                 interrupted_at = Some(now);
                 shared.stop.cancel();

@@ -1,4 +1,8 @@
 //! `loadgen`: flags in, a result file and a summary out. The work is in the library.
+//!
+//! Exit codes (DESIGN.md, and `loadgen --help`): 0 ok; 1 the run could not be
+//! carried out; 2 bad usage; 99 a `--require` gate missed (k6's code); 130
+//! interrupted. The result file is written before 99 and 130.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -7,6 +11,16 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use loadgen::Config;
+use report::RunResult;
+
+/// The run could not be carried out.
+const EXIT_RUN_FAILED: u8 = 1;
+/// A bad flag or value.
+const EXIT_USAGE: u8 = 2;
+/// A `--require` gate was missed (k6's code for a crossed threshold).
+const EXIT_GATE_MISSED: u8 = 99;
+/// Ctrl-C: 128 + SIGINT, as a shell reports it.
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let config = match Config::from_cli(std::env::args_os()) {
@@ -17,7 +31,7 @@ fn main() -> ExitCode {
                 ce.exit();
             }
             eprintln!("loadgen: error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     // The main thread is shard 0; `loadgen::run` starts the others (`runtime.rs`).
@@ -25,19 +39,51 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_RUN_FAILED);
         }
     };
     match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(result) => exit_code(&result),
         Err(e) => {
             eprintln!("loadgen: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_RUN_FAILED)
         }
     }
 }
 
-async fn run(mut config: Config) -> anyhow::Result<()> {
+/// 130 for a run cut short by Ctrl-C, 99 for a missed gate, else 0.
+fn exit_code(result: &RunResult) -> ExitCode {
+    if result.interrupted() {
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    let gates = result.gates.as_deref().unwrap_or_default();
+    let missed = gates.iter().filter(|g| !g.passed).count();
+    if missed == 0 {
+        return ExitCode::SUCCESS;
+    }
+    match gates.iter().find(|g| g.aborted_run) {
+        Some(g) => eprintln!(
+            "loadgen: gate {:?} could no longer be met; the run was stopped early (exit {EXIT_GATE_MISSED})",
+            g.gate
+        ),
+        None => {
+            // Named on stderr too, so a `--quiet` run in CI says which.
+            let which: Vec<String> = gates
+                .iter()
+                .filter(|g| !g.passed)
+                .map(|g| format!("{} ({} {})", g.gate, g.figure, g.observed_text()))
+                .collect();
+            eprintln!(
+                "loadgen: {missed} of {} gates missed (exit {EXIT_GATE_MISSED}): {}",
+                gates.len(),
+                which.join(", ")
+            )
+        }
+    }
+    ExitCode::from(EXIT_GATE_MISSED)
+}
+
+async fn run(mut config: Config) -> anyhow::Result<RunResult> {
     let interactive = std::io::stdout().is_terminal();
     config.progress = interactive && !config.quiet;
     let interrupt = CancellationToken::new();
@@ -66,6 +112,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     if !quiet {
         print!("{}", loadgen::summary(&result));
         println!("  {:<22} {}", "result", path.display());
+        if let Some(gates) = &result.gates {
+            print!("{}", loadgen::gates_table(gates));
+        }
     }
-    Ok(())
+    Ok(result)
 }

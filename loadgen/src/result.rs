@@ -318,5 +318,6 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         tls: tls_summary(c, &stats.tls),
         stages,
         warmup_s: (!warmup.is_zero()).then_some(warmup.as_secs_f64()),
+        gates: None,
     })
 }

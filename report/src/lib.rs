@@ -2,6 +2,8 @@
 //!
 //! This crate is the single definition of a result in the workspace. `loadgen`
 //! builds and writes results with it; `analyze` reads, compares and merges them.
+//! It is also the home of the result's named [`figures`] and of the [`gate`]
+//! grammar (`p99<=25ms`) that `loadgen --require` and `analyze check` share.
 //!
 //! The layout keeps the fields that the seed project's PrixFixe generator wrote in
 //! their names and places (`.metrics.messages_per_second`, `.metrics.latency_ms.p99`,
@@ -9,6 +11,8 @@
 //! new keys beside them. Files without a `schema` key are read as PrixFixe files.
 
 mod error;
+pub mod figures;
+pub mod gate;
 mod histogram;
 mod io;
 mod phase;
@@ -19,6 +23,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use error::ReportError;
+pub use gate::{Gate, GateError, GateOutcome, LatencyBasis};
 pub use histogram::{
     LATENCY_HISTOGRAM_MAX_US, LATENCY_SIGFIG, LatencyHistogram, decode_histogram, encode_histogram,
     new_latency_histogram, record_latency,
@@ -74,6 +79,10 @@ pub struct RunResult {
     /// in older files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSummary>,
+    /// The gates the run was judged on (`loadgen --require`) and their outcomes;
+    /// absent when none were given and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Vec<GateOutcome>>,
     /// Stages mode: one entry per `--stages` point, in order; absent otherwise
     /// and in older files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

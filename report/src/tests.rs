@@ -47,6 +47,7 @@ fn sample_result() -> RunResult {
         tls: None,
         stages: Vec::new(),
         warmup_s: None,
+        gates: None,
     }
 }
 

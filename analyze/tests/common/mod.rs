@@ -270,6 +270,7 @@ impl Builder {
             tls: None,
             stages: Vec::new(),
             warmup_s: None,
+            gates: None,
         }
     }
 
