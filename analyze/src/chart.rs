@@ -466,7 +466,19 @@ impl Chart for Throughput<'_> {
         let max_t = points().map(|(s, p)| bucket_end(s, p)).fold(0.0, f64::max);
         let max_y = points()
             .map(|(s, p)| per_s(s, p.ok.max(p.failed)))
+            .chain(
+                self.0
+                    .iter()
+                    .flat_map(|s| target_curve(s.result))
+                    .map(|(_, r)| r),
+            )
             .fold(0.0, f64::max);
+        let max_t = self
+            .0
+            .iter()
+            .flat_map(|s| target_curve(s.result))
+            .map(|(t, _)| t)
+            .fold(max_t, f64::max);
         let title = match common_bucket_s(self.0) {
             Some(w) if w != 1.0 => format!("Throughput over time ({} buckets)", bucket_label(w)),
             _ => "Throughput over time".to_string(),
@@ -478,9 +490,39 @@ impl Chart for Throughput<'_> {
             max_t,
             max_y,
         )?;
+        // Stages are shaded in turn, under the lines, from the first series that
+        // has them (several files of one shape share them).
+        if let Some(s) = self.0.iter().find(|s| !s.result.stages.is_empty()) {
+            let top = upper(max_y);
+            chart.draw_series(
+                s.result
+                    .stages
+                    .iter()
+                    .filter(|st| st.end_s > st.start_s)
+                    .map(|st| {
+                        let shade = if st.index % 2 == 0 { 0.10 } else { 0.04 };
+                        Rectangle::new(
+                            [(st.start_s, 0.0), (st.end_s, top)],
+                            BLACK.mix(shade).filled(),
+                        )
+                    }),
+            )?;
+        }
         for s in self.0 {
             let c = s.color;
             let timeline = &s.result.timeline;
+            let target = target_curve(s.result);
+            if !target.is_empty() {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        target,
+                        6,
+                        4,
+                        c.mix(0.7).stroke_width(1),
+                    ))?
+                    .label(format!("{} target msg/s", s.name))
+                    .legend(line_legend(c, 1));
+            }
             chart
                 .draw_series(line(
                     timeline.iter().map(|p| (bucket_end(s, p), per_s(s, p.ok))),
@@ -502,6 +544,15 @@ impl Chart for Throughput<'_> {
         }
         legend(&mut chart)
     }
+}
+
+/// The offered rate a stages run aimed at, as points of a line (a step is two
+/// points at one time); none for other runs.
+fn target_curve(r: &RunResult) -> Vec<(f64, f64)> {
+    r.stages
+        .iter()
+        .flat_map(|st| [(st.start_s, st.rate_from), (st.end_s, st.rate_to)])
+        .collect()
 }
 
 /// p50 and p99 of each bucket over the run.

@@ -80,10 +80,24 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         histograms: Some(sums.encode(server_hists)?),
         resources: merge_resources(inputs, &span.offsets),
         tls: merge_tls(inputs, &mut notes),
+        stages: merge_stages(inputs, &mut notes),
+        warmup_s: None,
         // Each generator judged its own share; the merged run has not been judged.
         gates: None,
     };
     Ok((merged, notes))
+}
+
+/// Per-stage figures are not merged yet: the key is left out, with a note,
+/// rather than show one shard's share as the whole.
+fn merge_stages(
+    inputs: &[(PathBuf, RunResult)],
+    notes: &mut Vec<String>,
+) -> Vec<report::StageSummary> {
+    if inputs.iter().any(|(_, r)| !r.stages.is_empty()) {
+        notes.push("stages dropped: per-stage figures are not merged".to_string());
+    }
+    Vec::new()
 }
 
 /// The handshakes of every input added up, when all ran over TLS in one mode;

@@ -142,6 +142,9 @@ pub(crate) fn config_rows(r: &RunResult) -> Vec<(&'static str, String)> {
         if let Some(auth) = auth_setting(&run.config) {
             config.push(("auth", auth));
         }
+        if let Some(arrivals) = arrivals_setting(&run.config) {
+            config.push(("arrivals", arrivals));
+        }
         if let Some(g) = &run.generator {
             config.push((
                 "generator use",
@@ -153,6 +156,12 @@ pub(crate) fn config_rows(r: &RunResult) -> Vec<(&'static str, String)> {
                 ),
             ));
         }
+    }
+    if let Some(w) = r.warmup_s {
+        config.push((
+            "warmup",
+            format!("{w} s (sent, left out of every figure but the timeline)"),
+        ));
     }
     config.push(("generator saturated", yes_no(r.generator_saturated)));
     config
@@ -213,6 +222,9 @@ fn show_figures(out: &mut String, r: &RunResult) {
         latency_table(&m.latency_ms, m.latency_corrected_ms.as_ref())
     );
 
+    if !r.stages.is_empty() {
+        let _ = writeln!(out, "{}", stage_table(r));
+    }
     if !m.phases_ms.is_empty() {
         let _ = writeln!(out, "{}", phase_table(r));
     }
@@ -303,6 +315,63 @@ pub(crate) fn phase_table(r: &RunResult) -> Table {
                 format_ms(l.max),
             ]);
         }
+    }
+    t
+}
+
+/// `poisson (seed 42)`, from the run's config echo, for open-model runs.
+fn arrivals_setting(config: &serde_json::Value) -> Option<String> {
+    let arrivals = config.get("arrivals")?.as_str()?;
+    match arrivals {
+        "poisson" => Some(format!("poisson (seed {})", config.get("seed")?)),
+        other => Some(other.to_string()),
+    }
+}
+
+/// One row per stage of a stages run: its stretch of time and target rate,
+/// what became of the messages due in it (`ok/s`: those that succeeded, per
+/// second of the stage; whether they kept time shows in `late` and the corrected
+/// p99), and their latency.
+fn stage_table(r: &RunResult) -> Table {
+    let mut t = new_table(&[
+        "stage",
+        "time s",
+        "target msg/s",
+        "sent",
+        "ok",
+        "failed",
+        "late",
+        "ok/s",
+        "p50 ms",
+        "p99 ms",
+        "p99 corr. ms",
+    ]);
+    for s in &r.stages {
+        let length = s.end_s - s.start_s;
+        let target = if s.rate_from == s.rate_to {
+            format!("{}", s.rate_to)
+        } else {
+            format!("{} → {}", s.rate_from, s.rate_to)
+        };
+        let achieved = if length > 0.0 {
+            format!("{:.1}", s.ok as f64 / length)
+        } else {
+            "step".to_string()
+        };
+        let latency = |v: f64| if s.ok > 0 { format_ms(v) } else { "-".into() };
+        t.add_row(vec![
+            format!("stage {}", s.index),
+            format!("{}–{}", s.start_s, s.end_s),
+            target,
+            s.sent.to_string(),
+            s.ok.to_string(),
+            s.failed.to_string(),
+            s.late.to_string(),
+            achieved,
+            latency(s.latency_ms.p50),
+            latency(s.latency_ms.p99),
+            latency(s.latency_corrected_ms.p99),
+        ]);
     }
     t
 }

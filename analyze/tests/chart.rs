@@ -268,3 +268,41 @@ fn a_run_without_a_success_writes_only_the_failures_chart() {
         assert!(out.stderr.contains(line), "{}", out.stderr);
     }
 }
+
+/// A stages run's throughput chart draws its target curve beside the achieved
+/// rate and shades the stages; a run without stages has neither.
+#[test]
+fn a_stages_run_draws_its_target_rate_and_shades_its_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Builder::burst(&spread(300, 1_000, 6_000), 3.0).build();
+    let stage = |index, start_s, end_s, rate_from, rate_to| report::StageSummary {
+        index,
+        start_s,
+        end_s,
+        rate_from,
+        rate_to,
+        ..Default::default()
+    };
+    r.stages = vec![
+        stage(0, 0.0, 1.0, 0.0, 200.0),
+        stage(1, 1.0, 3.0, 200.0, 200.0),
+    ];
+    let staged = dir.path().join("staged.json");
+    r.save(&staged).unwrap();
+    let plain = Builder::burst(&spread(300, 1_000, 6_000), 3.0).write(dir.path(), "plain.json");
+    for (file, has) in [(&staged, true), (&plain, false)] {
+        let out_dir = dir.path().join(format!("charts-{has}"));
+        let out = analyze(&["chart", s(file), "--out", s(&out_dir)]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let svg = std::fs::read_to_string(out_dir.join("throughput.svg")).unwrap();
+        assert_eq!(svg.contains("target msg/s"), has, "{file:?}");
+        // The target reaches 200 msg/s, so the value axis does too.
+        if has {
+            assert!(svg.contains("200"), "the axis covers the target");
+            assert!(
+                svg.contains("opacity=\"0.1\"") || svg.contains("fill-opacity=\"0.1\""),
+                "stage shading"
+            );
+        }
+    }
+}

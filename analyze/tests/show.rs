@@ -286,3 +286,81 @@ fn an_empty_directory_says_so_and_a_closed_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn show_prints_a_row_per_stage_and_the_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Builder::burst(&spread(300, 1_000, 5_000), 3.0).build();
+    r.warmup_s = Some(1.0);
+    let stage = |index, start_s, end_s, rate_from, rate_to, sent, p99| report::StageSummary {
+        index,
+        start_s,
+        end_s,
+        rate_from,
+        rate_to,
+        sent,
+        ok: sent,
+        failed: 0,
+        late: index as u64,
+        latency_ms: report::LatencySummary {
+            p50: 1.0,
+            p99,
+            ..Default::default()
+        },
+        latency_corrected_ms: report::LatencySummary {
+            p99: p99 * 2.0,
+            ..Default::default()
+        },
+        histograms: Default::default(),
+    };
+    r.stages = vec![
+        stage(0, 0.0, 1.0, 0.0, 200.0, 100, 2.5),
+        stage(1, 1.0, 1.0, 200.0, 50.0, 0, 0.0),
+        stage(2, 1.0, 3.0, 50.0, 50.0, 100, 4.0),
+    ];
+    if let Some(run) = r.run.as_mut() {
+        run.config["arrivals"] = serde_json::json!("poisson");
+        run.config["seed"] = serde_json::json!(42);
+    }
+    let path = dir.path().join("stages.json");
+    r.save(&path).unwrap();
+    let out = analyze(&["show", s(&path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = &out.stdout;
+    assert_eq!(
+        row(t, "stage 0"),
+        [
+            "stage 0",
+            "0–1",
+            "0 → 200",
+            "100",
+            "100",
+            "0",
+            "0",
+            "100.0",
+            "1.00",
+            "2.50",
+            "5.00"
+        ]
+    );
+    assert_eq!(
+        row(t, "stage 1"),
+        [
+            "stage 1",
+            "1–1",
+            "200 → 50",
+            "0",
+            "0",
+            "0",
+            "1",
+            "step",
+            "-",
+            "-",
+            "-"
+        ]
+    );
+    assert_eq!(row(t, "stage 2")[..4], ["stage 2", "1–3", "50", "100"]);
+    assert_eq!(row(t, "stage 2")[7], "50.0");
+    assert_eq!(row(t, "arrivals"), ["arrivals", "poisson (seed 42)"]);
+    assert!(row(t, "warmup")[1].starts_with("1 s (sent, left out"));
+}

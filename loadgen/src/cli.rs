@@ -17,6 +17,21 @@ pub enum ModeArg {
     /// timetable, whatever the server's speed; latency is also measured from each
     /// send's scheduled time (coordinated-omission corrected).
     Sustained,
+    /// Open model on a rate curve: `--stages 30s:100,2m:500,10s:0` ramps the rate
+    /// linearly from `--start-rate` (default 0) to each target in turn, on a fixed
+    /// timetable, latency also coordinated-omission corrected.
+    Stages,
+}
+
+/// How the open model spreads its sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrivalsArg {
+    /// Evenly spaced at the current rate.
+    Uniform,
+    /// Exponential gaps at the current rate, as independent senders make them
+    /// (seeded by `--seed`, so a run repeats).
+    Poisson,
 }
 
 /// How a session gets its TLS.
@@ -70,7 +85,8 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_PORT", default_value_t = 2525)]
     pub port: u16,
 
-    /// Load model: burst (fixed message count, closed) or sustained (fixed rate, open).
+    /// Load model: burst (fixed message count, closed), sustained (fixed rate, open)
+    /// or stages (a rate curve, open).
     #[arg(long, env = "LOADGEN_MODE", value_enum, default_value_t = ModeArg::Burst)]
     pub mode: ModeArg,
 
@@ -92,6 +108,31 @@ pub struct Args {
     /// Sustained mode: messages per second.
     #[arg(long, env = "LOADGEN_RATE", default_value_t = 50.0)]
     pub rate: f64,
+
+    /// Stages mode: the rate curve as DURATION:TARGET points, comma separated
+    /// (`30s:100,2m:500,30s:500,10s:0`); the rate moves linearly to each TARGET
+    /// (messages per second) over its DURATION, `0s:2000` is a step.
+    #[arg(long, env = "LOADGEN_STAGES", help_heading = "Load shape")]
+    pub stages: Option<String>,
+
+    /// Stages mode: the rate the first stage starts from [default: 0].
+    #[arg(long, env = "LOADGEN_START_RATE", help_heading = "Load shape")]
+    pub start_rate: Option<f64>,
+
+    /// Sustained and stages modes: uniform (evenly spaced) or poisson arrivals.
+    #[arg(long, env = "LOADGEN_ARRIVALS", value_enum, default_value_t = ArrivalsArg::Uniform, help_heading = "Load shape")]
+    pub arrivals: ArrivalsArg,
+
+    /// Seed of the Poisson arrivals [default: random; the seed used is recorded in
+    /// the result's run.config.seed, so a run can be repeated].
+    #[arg(long, env = "LOADGEN_SEED", help_heading = "Load shape")]
+    pub seed: Option<u64>,
+
+    /// Sustained and stages modes: messages due in this first stretch (`10s`) are
+    /// sent but left out of the figures (totals, histograms, phases, rates); the
+    /// timeline keeps them, marked by the result's `warmup_s`.
+    #[arg(long, env = "LOADGEN_WARMUP", help_heading = "Load shape")]
+    pub warmup: Option<String>,
 
     /// Message size: small|medium|large|xlarge (1 KiB/10 KiB/100 KiB/1 MiB), an exact
     /// size (`2500`, `64KiB`, `1MiB` binary, `10KB` decimal) or a weighted mix

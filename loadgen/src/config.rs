@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::{Credential, read_auth_file};
-use crate::cli::{Args, AuthMechanism, ModeArg, OnOff, TlsMode};
+use crate::cli::{Args, ArrivalsArg, AuthMechanism, ModeArg, OnOff, TlsMode};
+use crate::timetable::{Arrivals, RateCurve};
 use crate::tls::{TlsSettings, read_ca_file, server_name};
 
 /// The four named sizes of the seed generator.
@@ -220,6 +221,65 @@ pub enum Mode {
         duration: f64,
         workers: u32,
     },
+    Stages {
+        stages: Vec<StageSpec>,
+        start_rate: f64,
+        workers: u32,
+    },
+}
+
+/// One point of `--stages`: reach `target` messages per second over `duration_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageSpec {
+    pub duration_s: f64,
+    pub target: f64,
+}
+
+/// Highest rate `--rate`, `--stages` and `--start-rate` take.
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// Parses `--stages`: `DURATION:TARGET` points, comma separated, durations in the
+/// shared grammar (`30s`, `2m`, `1h30m`, `0s` for a step).
+pub fn parse_stages(s: &str) -> Result<Vec<StageSpec>, String> {
+    let stages = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|point| {
+            let (d, t) = point
+                .split_once(':')
+                .ok_or_else(|| format!("{point:?}: a stage is DURATION:TARGET (30s:100)"))?;
+            let duration = units::parse_duration(d).map_err(|e| format!("{point:?}: {e}"))?;
+            if duration > DURATION_RANGE.1 {
+                return Err(format!("{point:?}: a stage lasts at most a week"));
+            }
+            let target = rate_value(t).map_err(|e| format!("{point:?}: {e}"))?;
+            Ok(StageSpec {
+                duration_s: duration.as_secs_f64(),
+                target,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if stages.is_empty() {
+        return Err("no stage given (30s:100,1m:100,10s:0)".into());
+    }
+    Ok(stages)
+}
+
+/// A rate in messages per second, `0..=MAX_RATE`.
+fn rate_value(t: &str) -> Result<f64, String> {
+    let rate: f64 = t
+        .trim()
+        .parse()
+        .map_err(|_| format!("{t:?} is not a rate (messages per second)"))?;
+    check_rate(rate)
+}
+
+fn check_rate(rate: f64) -> Result<f64, String> {
+    if !rate.is_finite() || !(0.0..=MAX_RATE).contains(&rate) {
+        return Err(format!("rate {rate} is outside 0..={MAX_RATE}"));
+    }
+    Ok(rate)
 }
 
 impl Mode {
@@ -227,12 +287,29 @@ impl Mode {
         match self {
             Mode::Burst { .. } => "burst",
             Mode::Sustained { .. } => "sustained",
+            Mode::Stages { .. } => "stages",
         }
     }
 
     pub fn workers(&self) -> u32 {
         match *self {
-            Mode::Burst { workers, .. } | Mode::Sustained { workers, .. } => workers,
+            Mode::Burst { workers, .. }
+            | Mode::Sustained { workers, .. }
+            | Mode::Stages { workers, .. } => workers,
+        }
+    }
+
+    /// The open model's rate curve; `None` in the closed model.
+    pub fn rate_curve(&self) -> Option<RateCurve> {
+        match self {
+            Mode::Burst { .. } => None,
+            Mode::Sustained { rate, duration, .. } => Some(RateCurve::constant(*rate, *duration)),
+            Mode::Stages {
+                stages, start_rate, ..
+            } => {
+                let points: Vec<_> = stages.iter().map(|s| (s.duration_s, s.target)).collect();
+                Some(RateCurve::stages(*start_rate, &points))
+            }
         }
     }
 }
@@ -272,6 +349,13 @@ pub struct Config {
     pub tls: TlsSettings,
     /// `--auth`, when given.
     pub auth: Option<AuthSettings>,
+    /// `--arrivals`.
+    pub arrivals: ArrivalsArg,
+    /// `--seed`, or the random one drawn for this run (recorded so it repeats).
+    pub seed: u64,
+    /// `--warmup`: sends due before this are left out of the figures.
+    #[serde(with = "secs")]
+    pub warmup: Duration,
     /// `--require`, as given; parsed in `gates`.
     pub require: Vec<String>,
     pub abort_on_fail: bool,
@@ -468,6 +552,53 @@ fn auth_settings(a: &Args) -> Result<Option<AuthSettings>, ConfigError> {
     }))
 }
 
+/// `--stages`/`--start-rate` outside stages mode, and `--arrivals`, `--seed`,
+/// `--warmup`: checked against the mode. The seed is drawn here when not given.
+fn load_shape(a: &Args, mode: &Mode) -> Result<(ArrivalsArg, u64, Duration), ConfigError> {
+    let stages = matches!(mode, Mode::Stages { .. });
+    if !stages {
+        if a.stages.is_some() {
+            return Err(invalid("stages", "needs --mode stages"));
+        }
+        if a.start_rate.is_some() {
+            return Err(invalid("start-rate", "needs --mode stages"));
+        }
+    }
+    let Some(curve) = mode.rate_curve() else {
+        if a.arrivals != ArrivalsArg::Uniform {
+            return Err(invalid("arrivals", "needs --mode sustained or stages"));
+        }
+        if a.warmup.is_some() {
+            return Err(invalid("warmup", "needs --mode sustained or stages"));
+        }
+        return Ok((
+            a.arrivals,
+            a.seed.unwrap_or_else(rand::random),
+            Duration::ZERO,
+        ));
+    };
+    let warmup = match &a.warmup {
+        Some(w) => duration_flag(
+            "warmup",
+            w,
+            Plain::Seconds,
+            (Duration::ZERO, DURATION_RANGE.1),
+        )?,
+        None => Duration::ZERO,
+    };
+    if warmup.as_secs_f64() >= curve.duration() {
+        return Err(invalid(
+            "warmup",
+            format!(
+                "{} is not shorter than the run ({} s): nothing would be measured",
+                a.warmup.as_deref().unwrap_or_default().trim(),
+                curve.duration()
+            ),
+        ));
+    }
+    Ok((a.arrivals, a.seed.unwrap_or_else(rand::random), warmup))
+}
+
 impl Config {
     /// Checks the flags. The error names the flag.
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
@@ -511,8 +642,28 @@ impl Config {
                     workers: workers(DEFAULT_BURST_WORKERS)?,
                 }
             }
+            ModeArg::Stages => {
+                let text = a.stages.as_deref().ok_or_else(|| {
+                    invalid("stages", "needed with --mode stages (30s:100,1m:100)")
+                })?;
+                let stages = parse_stages(text).map_err(|e| invalid("stages", e))?;
+                let start_rate = check_rate(a.start_rate.unwrap_or(0.0))
+                    .map_err(|e| invalid("start-rate", e))?;
+                let mode = Mode::Stages {
+                    stages,
+                    start_rate,
+                    workers: workers(DEFAULT_SUSTAINED_WORKERS)?,
+                };
+                if mode.rate_curve().is_none_or(|c| c.integral().round() < 1.0) {
+                    return Err(invalid(
+                        "stages",
+                        "the stages add up to less than one message",
+                    ));
+                }
+                mode
+            }
             ModeArg::Sustained => {
-                if !a.rate.is_finite() || a.rate <= 0.0 || a.rate > 1_000_000.0 {
+                if !a.rate.is_finite() || a.rate <= 0.0 || a.rate > MAX_RATE {
                     return Err(invalid(
                         "rate",
                         format!("{} must be in (0, 1000000]", a.rate),
@@ -533,6 +684,7 @@ impl Config {
                 }
             }
         };
+        let (arrivals, seed, warmup) = load_shape(&a, &mode)?;
         let size = parse_size_spec(&a.size).map_err(|e| invalid("size", e))?;
         let tls = tls_settings(&a, &servers)?;
         let auth = auth_settings(&a)?;
@@ -623,10 +775,21 @@ impl Config {
             threads: a.threads,
             tls,
             auth,
+            arrivals,
+            seed,
+            warmup,
             require: a.require,
             abort_on_fail: a.abort_on_fail,
             gates,
         })
+    }
+
+    /// The timetable's arrivals: uniform, or Poisson with the run's seed.
+    pub fn arrivals(&self) -> Arrivals {
+        match self.arrivals {
+            ArrivalsArg::Uniform => Arrivals::Uniform,
+            ArrivalsArg::Poisson => Arrivals::Poisson { seed: self.seed },
+        }
     }
 
     /// Parses and checks a command line (first item: the program name).
@@ -874,6 +1037,103 @@ mod tests {
         assert!(echo.contains("\"mode\":\"starttls\""), "{echo}");
         // A plaintext run does not care whether a host could be a TLS name.
         assert!(cli(&["--tls-resume", "off"]).is_ok());
+    }
+
+    #[test]
+    fn stages_parse_in_the_k6_grammar_with_unit_durations() {
+        let c = cli(&[
+            "--mode",
+            "stages",
+            "--stages",
+            "30s:100, 2m:500,0s:2000,1m30s:0",
+            "--start-rate",
+            "10",
+        ])
+        .unwrap();
+        let want = [(30.0, 100.0), (120.0, 500.0), (0.0, 2000.0), (90.0, 0.0)];
+        let Mode::Stages {
+            stages, start_rate, ..
+        } = &c.mode
+        else {
+            panic!("{:?}", c.mode)
+        };
+        assert_eq!(*start_rate, 10.0);
+        let got: Vec<_> = stages.iter().map(|s| (s.duration_s, s.target)).collect();
+        assert_eq!(got, want);
+        assert_eq!(c.test_type, "stages");
+        assert_eq!(c.mode.workers(), DEFAULT_SUSTAINED_WORKERS);
+        let curve = c.mode.rate_curve().unwrap();
+        assert_eq!(curve.duration(), 240.0);
+        assert_eq!(curve.integral(), 1650.0 + 36000.0 + 90000.0);
+    }
+
+    #[test]
+    fn load_shape_flags_are_checked_against_the_mode() {
+        let stages = |extra: &[&str]| {
+            let mut v = vec!["--mode", "stages"];
+            v.extend_from_slice(extra);
+            cli(&v)
+        };
+        let rows: [(Result<Config, String>, &str); 10] = [
+            (stages(&[]), "--stages: needed with --mode stages"),
+            (
+                stages(&["--stages", "30s"]),
+                "--stages: \"30s\": a stage is DURATION:TARGET",
+            ),
+            (
+                stages(&["--stages", "soon:5"]),
+                "--stages: \"soon:5\": \"soon\" is not a duration",
+            ),
+            (
+                stages(&["--stages", "1s:-5"]),
+                "--stages: \"1s:-5\": rate -5 is outside",
+            ),
+            (
+                stages(&["--stages", "1s:0,0s:100"]),
+                "--stages: the stages add up to less than one message",
+            ),
+            (
+                stages(&["--stages", "1s:10", "--start-rate", "2e6"]),
+                "--start-rate: rate 2000000 is outside",
+            ),
+            (
+                stages(&["--stages", "1s:10", "--warmup", "1s"]),
+                "--warmup: 1s is not shorter than the run",
+            ),
+            (cli(&["--stages", "1s:10"]), "--stages: needs --mode stages"),
+            (
+                cli(&["--arrivals", "poisson"]),
+                "--arrivals: needs --mode sustained or stages",
+            ),
+            (
+                cli(&["--warmup", "1s"]),
+                "--warmup: needs --mode sustained or stages",
+            ),
+        ];
+        for (got, want) in rows {
+            let err = got.err().unwrap_or_default();
+            assert!(err.contains(want), "want {want:?}, got {err:?}");
+        }
+        let c = cli(&[
+            "--mode",
+            "sustained",
+            "--arrivals",
+            "poisson",
+            "--seed",
+            "42",
+            "--warmup",
+            "10s",
+        ])
+        .unwrap();
+        assert_eq!(c.arrivals(), Arrivals::Poisson { seed: 42 });
+        assert_eq!(c.warmup, Duration::from_secs(10));
+        let echo = serde_json::to_value(&c).unwrap();
+        assert_eq!(echo["seed"], 42);
+        assert_eq!(echo["arrivals"], "poisson");
+        assert_eq!(echo["warmup"], 10.0);
+        // Without --seed each run draws one, recorded in the config.
+        let (a, b) = (cli(&[]).unwrap().seed, cli(&[]).unwrap().seed);
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! A map of the crate (modules are private; what the binary and the tests use is
 //! re-exported here):
 //! - settings: `cli` (the flags), `config` (checked, every error naming its flag);
-//! - generation: `schedule` (closed and open models, the timetable and its
-//!   dispatcher), `worker` (one session at a time to one server), `client` (one SMTP
+//! - generation: `timetable` (the open model's due times: rate curve, stages,
+//!   arrivals), `schedule` (closed and open models, the dispatcher), `worker` (one session at a time to one server), `client` (one SMTP
 //!   connection, timed phase by phase), `tls` (the TLS layer under it), `auth`
 //!   (the logins it sends), `message` (bodies prepared once),
 //!   `runtime` (one single-threaded runtime per core, the sessions dealt over them);
@@ -31,6 +31,7 @@ mod result;
 mod runtime;
 mod schedule;
 mod stats;
+mod timetable;
 mod tls;
 mod worker;
 
@@ -58,8 +59,9 @@ use crate::message::MessageFactory;
 use crate::require::GateWatch;
 use crate::result::{ProcessUsage, RunFacts};
 use crate::runtime::Shards;
-use crate::schedule::{Dispatcher, Gates, Plan, Timetable, workers_for};
+use crate::schedule::{Dispatcher, Gates, Plan, workers_for};
 use crate::stats::Stats;
+use crate::timetable::Timetable;
 use crate::tls::TlsClient;
 use crate::worker::RunShared;
 
@@ -86,13 +88,14 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let run_id = new_run_id();
     let load = prepare(&config, &run_id)?;
 
+    // Before the clock starts: a Poisson timetable draws its gaps once here.
+    let plan = RunPlan::new(&config);
     let usage_before = ProcessUsage::now();
     let start = chrono::Utc::now();
     let origin = Instant::now();
-    let plan = RunPlan::new(&config, origin);
-    let (dispatcher, gates) = start_dispatcher(&plan, config.late_tolerance)?;
+    let (dispatcher, gates) = start_dispatcher(&plan, origin, config.late_tolerance)?;
     let shared = Arc::new(RunShared {
-        plan: Plan::new(plan.total, plan.pools.len(), plan.timetable),
+        plan: Plan::new(plan.total, plan.pools.len()),
         addrs,
         settings: load.settings,
         tls,
@@ -104,11 +107,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         commands: load.commands,
         msgs_per_conn: config.msgs_per_conn,
         late_tolerance: config.late_tolerance,
-        stats: Mutex::new(Stats::new(
-            origin,
-            plan.pools.len(),
-            plan.timetable.is_some(),
-        )),
+        stats: Mutex::new(new_stats(&config, &plan, origin)),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
         gates,
@@ -269,18 +268,19 @@ struct RunPlan {
 }
 
 impl RunPlan {
-    fn new(config: &Config, origin: Instant) -> Self {
+    fn new(config: &Config) -> Self {
         let servers = config.servers.len();
-        let (total, timetable, window) = match config.mode {
-            Mode::Burst { messages, .. } => (messages, None, None),
-            Mode::Sustained { rate, duration, .. } => (
-                (rate * duration).round() as u64,
-                Some(Timetable {
-                    start: origin,
-                    rate,
-                }),
-                Some(Duration::from_secs_f64(duration)),
+        let timetable = config
+            .mode
+            .rate_curve()
+            .map(|curve| Timetable::new(curve, config.arrivals()));
+        let (total, window) = match (config.mode.clone(), &timetable) {
+            (Mode::Burst { messages, .. }, _) => (messages, None),
+            (_, Some(t)) => (
+                t.total(),
+                Some(Duration::from_secs_f64(t.curve().duration())),
             ),
+            (_, None) => (0, None),
         };
         let pools = (0..servers)
             .map(|s| workers_for(s, servers, config.mode.workers()))
@@ -298,15 +298,28 @@ impl RunPlan {
 /// closed model.
 fn start_dispatcher(
     plan: &RunPlan,
+    origin: Instant,
     late_tolerance: Duration,
 ) -> anyhow::Result<(Option<Dispatcher>, Option<Gates>)> {
-    let Some(timetable) = plan.timetable else {
+    let Some(timetable) = plan.timetable.clone() else {
         return Ok((None, None));
     };
     let (dispatcher, gates) =
-        Dispatcher::spawn(timetable, plan.total, plan.pools.clone(), late_tolerance)
+        Dispatcher::spawn(timetable, origin, plan.pools.clone(), late_tolerance)
             .context("starting the dispatcher thread")?;
     Ok((Some(dispatcher), Some(gates)))
+}
+
+/// The run's statistics: corrected latency in the open model, a share per stage
+/// in stages mode, the warmup left out of the figures.
+fn new_stats(config: &Config, plan: &RunPlan, origin: Instant) -> Stats {
+    let stages = match (&config.mode, &plan.timetable) {
+        (Mode::Stages { .. }, Some(t)) => t.curve().segments().len(),
+        _ => 0,
+    };
+    Stats::new(origin, plan.pools.len(), plan.timetable.is_some())
+        .with_stages(stages)
+        .with_warmup(config.warmup)
 }
 
 /// The runtimes the sessions run on (`runtime.rs`): one per core by default, never

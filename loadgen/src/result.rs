@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use report::{
     GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, Phase, RunInfo, RunResult,
-    SCHEMA_V1, ServerMetrics, TlsSummary, encode_histogram, format_timestamp,
+    SCHEMA_V1, ServerMetrics, StageHistograms, StageSummary, TlsSummary, encode_histogram,
+    format_timestamp,
 };
 
 use crate::cli::TlsMode;
@@ -148,9 +149,41 @@ fn encode(h: &report::LatencyHistogram) -> anyhow::Result<String> {
     Ok(encode_histogram(h)?)
 }
 
+/// The result's `stages` key: each stage of the curve with its messages' figures.
+fn stage_summaries(c: &Config, stats: &Stats) -> anyhow::Result<Vec<StageSummary>> {
+    let Some(curve) = c.mode.rate_curve().filter(|_| !stats.stages.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    (0u32..)
+        .zip(curve.segments().iter().zip(&stats.stages))
+        .map(|(index, (seg, s))| {
+            Ok(StageSummary {
+                index,
+                start_s: seg.start_s,
+                end_s: seg.end_s,
+                rate_from: seg.rate_from,
+                rate_to: seg.rate_to,
+                sent: s.counts.total,
+                ok: s.counts.ok,
+                failed: s.counts.failed,
+                late: s.late,
+                latency_ms: LatencySummary::from_histogram(&s.total),
+                latency_corrected_ms: LatencySummary::from_histogram(&s.corrected),
+                histograms: StageHistograms {
+                    total: encode(&s.total)?,
+                    corrected: encode(&s.corrected)?,
+                },
+            })
+        })
+        .collect()
+}
+
 pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let c = f.config;
-    let secs = f.duration.as_secs_f64();
+    // The figures cover the run after its warmup; the timeline covers it all.
+    let warmup = stats.warmup().min(f.duration);
+    let measured = f.duration - warmup;
+    let secs = measured.as_secs_f64();
     let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let breakdown = |m: &BTreeMap<crate::client::ErrorKey, u64>| {
         m.iter()
@@ -158,7 +191,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
             .collect::<BTreeMap<_, _>>()
     };
     let counts = &stats.counts;
-    let sustained = matches!(c.mode, Mode::Sustained { .. });
+    let open_model = c.mode.rate_curve().is_some();
     let mut metrics = Metrics {
         total_messages: counts.total,
         successful_messages: counts.ok,
@@ -169,7 +202,9 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         messages_per_second: per_sec(counts.ok),
         latency_ms: LatencySummary::from_histogram(&stats.total),
         error_breakdown: breakdown(&counts.errors),
-        start_time: format_timestamp(f.start),
+        start_time: format_timestamp(
+            f.start + chrono::Duration::from_std(warmup).unwrap_or_default(),
+        ),
         end_time: format_timestamp(
             f.start + chrono::Duration::from_std(f.duration).unwrap_or_default(),
         ),
@@ -228,8 +263,9 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         .cpu
         .saturating_sub(f.usage_before.cpu)
         .as_secs_f64();
-    let cpu_percent = if secs > 0.0 {
-        cpu_seconds / secs / f64::from(cpus) * 100.0
+    let run_secs = f.duration.as_secs_f64();
+    let cpu_percent = if run_secs > 0.0 {
+        cpu_seconds / run_secs / f64::from(cpus) * 100.0
     } else {
         0.0
     };
@@ -239,7 +275,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         max_rss_bytes: f.usage_after.max_rss_bytes,
     };
     let generator_saturated = cpu_percent > SATURATED_CPU_PERCENT
-        || (sustained
+        || (open_model
             && stats.generator_late_sends as f64
                 > SATURATED_LATE_SHARE * counts.total.max(1) as f64);
 
@@ -251,7 +287,10 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let (concurrent_workers, target_rate) = match c.mode {
         Mode::Burst { workers, .. } => (Some(u64::from(workers)), None),
         Mode::Sustained { rate, .. } => (None, Some(rate)),
+        // The rate varies: the `stages` key holds it.
+        Mode::Stages { .. } => (None, None),
     };
+    let stages = stage_summaries(c, stats)?;
     Ok(RunResult {
         schema: Some(SCHEMA_V1.to_string()),
         test_type: c.test_type.clone(),
@@ -277,6 +316,8 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         histograms: Some(histograms),
         resources: f.resources,
         tls: tls_summary(c, &stats.tls),
+        stages,
+        warmup_s: (!warmup.is_zero()).then_some(warmup.as_secs_f64()),
         gates: None,
     })
 }

@@ -7,10 +7,13 @@
 //! connection.
 //!
 //! - Closed model (burst): a free worker takes the next message at once.
-//! - Open model (sustained): a fixed [`Timetable`]; message `i` is due at
-//!   `start + i / rate`, however fast the server answers. A [`Dispatcher`] thread
-//!   sleeps until each due time (an absolute deadline, so errors never accumulate)
-//!   and opens that server's gate by one; a free worker passes the gate and sends.
+//! - Open model (sustained, stages): a fixed [`Timetable`] (`timetable.rs`: a
+//!   constant rate or stages, uniform or Poisson arrivals); message `i` is due
+//!   when the rate curve's integral reaches it (`start + i / rate` at a constant
+//!   rate), however fast the server answers. A [`Dispatcher`] thread sleeps until
+//!   each due time (an absolute deadline, so errors never accumulate) and opens
+//!   that server's [`Gate`] by one, handing the message over; a free worker passes
+//!   the gate and sends.
 //!   When every worker of a server is busy the message waits for one and starts
 //!   late; it is counted late, never skipped, and its corrected latency
 //!   (completion − due time) carries the wait, as in wrk2.
@@ -21,27 +24,17 @@
 //! error. `std::thread::sleep` wakes within about 0.1 ms; the gate is a tokio
 //! semaphore, which a plain thread can open.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::timetable::Timetable;
+
 /// The dispatcher sleeps at most this long at a time, so it notices a stop.
 const DISPATCH_POLL: Duration = Duration::from_millis(20);
-
-/// The due times of the open model: message `i` at `start + i / rate`.
-#[derive(Debug, Clone, Copy)]
-pub struct Timetable {
-    pub start: Instant,
-    pub rate: f64,
-}
-
-impl Timetable {
-    pub fn due(&self, seq: u64) -> Instant {
-        self.start + Duration::from_secs_f64(seq as f64 / self.rate)
-    }
-}
 
 /// One message to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,25 +42,27 @@ pub struct Slot {
     pub seq: u64,
     /// Due time in the open model; `None` in the closed model.
     pub due: Option<Instant>,
+    /// The stage (segment of the rate curve) it is due in; `None` in the closed
+    /// model. Carried from the timetable so no message is put in a stage by
+    /// comparing floating-point times twice.
+    pub stage: Option<u32>,
 }
 
-/// The messages of a run, claimed by workers per server.
+/// The closed model's messages, claimed by workers per server.
 #[derive(Debug)]
 pub struct Plan {
     total: u64,
     /// Next unclaimed round of each server.
     next: Vec<AtomicU64>,
-    timetable: Option<Timetable>,
 }
 
 impl Plan {
-    /// `total` messages over `servers` servers; with a timetable, the open model.
-    pub fn new(total: u64, servers: usize, timetable: Option<Timetable>) -> Self {
+    /// `total` messages over `servers` servers.
+    pub fn new(total: u64, servers: usize) -> Self {
         assert!(servers > 0, "at least one server");
         Plan {
             total,
             next: (0..servers).map(|_| AtomicU64::new(0)).collect(),
-            timetable,
         }
     }
 
@@ -80,10 +75,50 @@ impl Plan {
         let n = self.next.len() as u64;
         let round = self.next[server].fetch_add(1, Ordering::Relaxed);
         let seq = round.checked_mul(n)?.checked_add(server as u64)?;
-        (seq < self.total).then(|| Slot {
+        (seq < self.total).then_some(Slot {
             seq,
-            due: self.timetable.map(|t| t.due(seq)),
+            due: None,
+            stage: None,
         })
+    }
+}
+
+/// What the dispatcher opens for one server: a permit per message that has
+/// fallen due, and that message, queued. Poisson due times are made in order and
+/// cannot be looked up by number, so the dispatcher hands each one over with its
+/// permit; the queue holds only what is due and not yet taken (the backlog).
+#[derive(Debug)]
+pub struct Gate {
+    permits: Semaphore,
+    due: Mutex<VecDeque<Slot>>,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            permits: Semaphore::new(0),
+            due: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits for a message of this server to fall due and takes the oldest;
+    /// `None` once the run has none left.
+    pub async fn next_due(&self) -> Option<Slot> {
+        self.permits.acquire().await.ok()?.forget();
+        self.due.lock().ok()?.pop_front()
+    }
+
+    fn release(&self, slot: Slot) {
+        if let Ok(mut q) = self.due.lock() {
+            q.push_back(slot);
+        }
+        self.permits.add_permits(1);
+    }
+
+    /// Permits not yet taken (due messages, plus the final one per worker).
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.permits.available_permits()
     }
 }
 
@@ -94,20 +129,21 @@ pub struct Dispatcher {
 }
 
 /// One gate per server: a permit per message that has fallen due, plus, after the
-/// last one, a permit per worker so each finds the plan empty and ends.
-pub type Gates = Arc<[Semaphore]>;
+/// last one, a permit per worker so each finds the queue empty and ends.
+pub type Gates = Arc<[Gate]>;
 
 impl Dispatcher {
-    /// Starts the dispatcher for `total` messages on `timetable`; `workers[s]` is
-    /// the pool size of server `s`. A message that the thread itself releases more
-    /// than `tolerance` after its due time is counted as late by the generator.
+    /// Starts the dispatcher for the messages of `timetable`, due from `start`,
+    /// until the end of its curve; `workers[s]` is the pool size of server `s`. A message that the thread
+    /// itself releases more than `tolerance` after its due time is counted as late
+    /// by the generator. Message `i` goes to server `i % servers`.
     pub fn spawn(
         timetable: Timetable,
-        total: u64,
+        start: Instant,
         workers: Vec<u32>,
         tolerance: Duration,
     ) -> std::io::Result<(Dispatcher, Gates)> {
-        let gates: Gates = workers.iter().map(|_| Semaphore::new(0)).collect();
+        let gates: Gates = workers.iter().map(|_| Gate::new()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let (g, st) = (Arc::clone(&gates), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -115,25 +151,28 @@ impl Dispatcher {
             .spawn(move || {
                 let n = g.len() as u64;
                 let mut late = 0u64;
-                for seq in 0..total {
-                    let due = timetable.due(seq);
-                    loop {
-                        if st.load(Ordering::Relaxed) {
-                            return late;
-                        }
-                        let now = Instant::now();
-                        if now >= due {
-                            break;
-                        }
-                        std::thread::sleep((due - now).min(DISPATCH_POLL));
+                for (seq, d) in (0u64..).zip(timetable.due_times()) {
+                    let due = start + Duration::from_secs_f64(d.offset_s);
+                    if !sleep_until(due, &st) {
+                        return late;
                     }
                     if Instant::now() > due + tolerance {
                         late += 1;
                     }
-                    g[(seq % n) as usize].add_permits(1);
+                    g[(seq % n) as usize].release(Slot {
+                        seq,
+                        due: Some(due),
+                        stage: Some(d.segment),
+                    });
+                }
+                // The run lasts the whole curve, a last stretch at rate 0 included
+                // (a cool-down the servers' resources are still sampled in).
+                let end = start + Duration::from_secs_f64(timetable.curve().duration());
+                if !sleep_until(end, &st) {
+                    return late;
                 }
                 for (gate, &w) in g.iter().zip(&workers) {
-                    gate.add_permits(w as usize);
+                    gate.permits.add_permits(w as usize);
                 }
                 late
             })?;
@@ -158,6 +197,22 @@ impl Dispatcher {
     }
 }
 
+/// Sleeps until `due` (an absolute deadline, so errors never accumulate), in
+/// steps short enough to notice `stop`; a long zero-rate stretch is slept
+/// through the same way. False when stopped.
+fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= due {
+            return true;
+        }
+        std::thread::sleep((due - now).min(DISPATCH_POLL));
+    }
+}
+
 impl Drop for Dispatcher {
     fn drop(&mut self) {
         self.stop();
@@ -174,10 +229,11 @@ pub fn workers_for(s: usize, servers: usize, workers: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timetable::{Arrivals, RateCurve};
 
     #[test]
     fn every_message_is_claimed_once_round_robin() {
-        let plan = Plan::new(10, 3, None);
+        let plan = Plan::new(10, 3);
         let mut seen = Vec::new();
         for s in 0..3 {
             while let Some(slot) = plan.claim(s) {
@@ -190,32 +246,49 @@ mod tests {
         assert_eq!(plan.claim(0), None);
     }
 
-    #[test]
-    fn timetable_spaces_sends_evenly() {
+    #[tokio::test]
+    async fn the_dispatcher_hands_out_due_messages_on_time_then_ends_every_worker() {
         let start = Instant::now();
-        let plan = Plan::new(100, 2, Some(Timetable { start, rate: 50.0 }));
-        let a = plan.claim(1).unwrap();
-        let b = plan.claim(1).unwrap();
-        assert_eq!((a.seq, b.seq), (1, 3));
-        assert_eq!(a.due.unwrap() - start, Duration::from_millis(20));
-        assert_eq!(b.due.unwrap() - a.due.unwrap(), Duration::from_millis(40));
+        let tt = Timetable::new(RateCurve::constant(1000.0, 0.02), Arrivals::Uniform);
+        let (d, gates) =
+            Dispatcher::spawn(tt, start, vec![2, 1], Duration::from_millis(50)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let early = gates[0].available() + gates[1].available();
+        assert!(early <= 10, "{early} released within 5 ms at 1000/s");
+        assert_eq!(d.join(), 0);
+        assert_eq!(gates[0].available(), 10 + 2);
+        assert_eq!(gates[1].available(), 10 + 1);
+        assert!(start.elapsed() >= Duration::from_millis(19));
+        let mut seqs = Vec::new();
+        while let Some(slot) = gates[1].next_due().await {
+            assert_eq!(slot.seq % 2, 1);
+            let due = (slot.due.unwrap() - start).as_secs_f64();
+            assert!((due - slot.seq as f64 / 1000.0).abs() < 1e-6, "{slot:?}");
+            assert_eq!(slot.stage, Some(0));
+            seqs.push(slot.seq);
+        }
+        assert_eq!(seqs, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]);
+        assert_eq!(
+            gates[1].available(),
+            0,
+            "the one worker's final permit taken"
+        );
     }
 
     #[test]
-    fn the_dispatcher_opens_gates_on_time_then_once_per_worker() {
-        let start = Instant::now();
-        let tt = Timetable {
-            start,
-            rate: 1000.0,
-        };
-        let (d, gates) = Dispatcher::spawn(tt, 20, vec![2, 1], Duration::from_millis(50)).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        let early = gates[0].available_permits() + gates[1].available_permits();
-        assert!(early <= 10, "{early} released within 5 ms at 1000/s");
+    fn a_stop_ends_the_dispatcher_in_a_zero_rate_stretch() {
+        // 10 s of nothing, then 10 messages: the thread sleeps, does not spin.
+        let tt = Timetable::new(
+            RateCurve::stages(0.0, &[(10.0, 0.0), (0.0, 10.0), (1.0, 10.0)]),
+            Arrivals::Uniform,
+        );
+        let (d, gates) =
+            Dispatcher::spawn(tt, Instant::now(), vec![1], Duration::from_millis(50)).unwrap();
+        let t = Instant::now();
+        d.stop();
         assert_eq!(d.join(), 0);
-        assert_eq!(gates[0].available_permits(), 10 + 2);
-        assert_eq!(gates[1].available_permits(), 10 + 1);
-        assert!(start.elapsed() >= Duration::from_millis(19));
+        assert!(t.elapsed() < Duration::from_millis(500));
+        assert_eq!(gates[0].available(), 0);
     }
 
     #[test]

@@ -26,8 +26,10 @@ use crate::tls::Handshake;
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
     pub server: usize,
-    /// When the timetable wanted it sent (sustained mode).
+    /// When the timetable wanted it sent (open model).
     pub scheduled: Option<Instant>,
+    /// The stage it was due in (open model).
+    pub stage: Option<u32>,
     pub started: Instant,
     pub finished: Instant,
     pub timings: PhaseTimings,
@@ -240,6 +242,26 @@ impl TlsTally {
     }
 }
 
+/// The figures of one stage (stages mode): its messages by due time.
+#[derive(Debug)]
+pub struct StageStats {
+    pub counts: Counts,
+    pub late: u64,
+    pub total: LatencyHistogram,
+    pub corrected: LatencyHistogram,
+}
+
+impl StageStats {
+    fn new() -> Self {
+        StageStats {
+            counts: Counts::default(),
+            late: 0,
+            total: new_latency_histogram(),
+            corrected: new_latency_histogram(),
+        }
+    }
+}
+
 /// Everything measured during a run.
 #[derive(Debug)]
 pub struct Stats {
@@ -256,6 +278,10 @@ pub struct Stats {
     pub generator_late_sends: u64,
     pub last_completion: Option<Instant>,
     pub tls: TlsTally,
+    /// Stages mode: one entry per stage, the warmup left out as everywhere.
+    pub stages: Vec<StageStats>,
+    /// Messages due before `origin + warmup` only count in the timeline.
+    warmup: Duration,
     /// One-second buckets, for any run.
     timeline: Timeline,
     /// Finer buckets ([`SHORT_RUN_WIDTHS_MS`]), for the first seconds only.
@@ -282,6 +308,8 @@ impl Stats {
             generator_late_sends: 0,
             last_completion: None,
             tls: TlsTally::default(),
+            stages: Vec::new(),
+            warmup: Duration::ZERO,
             timeline: Timeline::new(Duration::from_secs(1), None),
             short_timelines: SHORT_RUN_WIDTHS_MS
                 .iter()
@@ -290,7 +318,42 @@ impl Stats {
         }
     }
 
+    /// Keeps figures for `count` stages.
+    pub fn with_stages(mut self, count: usize) -> Self {
+        self.stages = (0..count).map(|_| StageStats::new()).collect();
+        self
+    }
+
+    /// Leaves the messages due in the first `warmup` out of every figure but the
+    /// timeline.
+    pub fn with_warmup(mut self, warmup: Duration) -> Self {
+        self.warmup = warmup;
+        self
+    }
+
+    pub fn warmup(&self) -> Duration {
+        self.warmup
+    }
+
     pub fn record(&mut self, r: &MessageRecord) {
+        if self.last_completion.is_none_or(|l| r.finished > l) {
+            self.last_completion = Some(r.finished);
+        }
+        let ok_latency_us = r.outcome.is_ok().then(|| micros(r.finished - r.started));
+        let since = |t: Instant| micros(t.saturating_duration_since(self.origin));
+        let sent_at = r.scheduled.unwrap_or(r.started);
+        let (sent, done) = (since(sent_at), since(r.finished));
+        for t in std::iter::once(&mut self.timeline).chain(&mut self.short_timelines) {
+            t.record(sent, done, ok_latency_us);
+        }
+        if sent_at < self.origin + self.warmup {
+            return;
+        }
+        self.record_figures(r, ok_latency_us);
+    }
+
+    /// Everything but the timeline.
+    fn record_figures(&mut self, r: &MessageRecord, ok_latency_us: Option<u64>) {
         self.counts.add(&r.outcome);
         self.servers[r.server].counts.add(&r.outcome);
         match r.outcome {
@@ -311,22 +374,23 @@ impl Stats {
         }
         self.bytes_sent += r.bytes;
         self.late_sends += u64::from(r.late);
-        if self.last_completion.is_none_or(|l| r.finished > l) {
-            self.last_completion = Some(r.finished);
-        }
-
-        let ok_latency_us = r.outcome.is_ok().then(|| micros(r.finished - r.started));
+        let corrected_us = r
+            .scheduled
+            .map(|s| micros(r.finished.saturating_duration_since(s)));
         if let Some(us) = ok_latency_us {
             record_latency(&mut self.total, us);
             record_latency(&mut self.servers[r.server].total, us);
-            if let (Some(h), Some(s)) = (&mut self.corrected, r.scheduled) {
-                record_latency(h, micros(r.finished.saturating_duration_since(s)));
+            if let (Some(h), Some(c)) = (&mut self.corrected, corrected_us) {
+                record_latency(h, c);
             }
         }
-        let since = |t: Instant| micros(t.saturating_duration_since(self.origin));
-        let (sent, done) = (since(r.scheduled.unwrap_or(r.started)), since(r.finished));
-        for t in std::iter::once(&mut self.timeline).chain(&mut self.short_timelines) {
-            t.record(sent, done, ok_latency_us);
+        if let Some(stage) = r.stage.and_then(|i| self.stages.get_mut(i as usize)) {
+            stage.counts.add(&r.outcome);
+            stage.late += u64::from(r.late);
+            if let (Some(us), Some(c)) = (ok_latency_us, corrected_us) {
+                record_latency(&mut stage.total, us);
+                record_latency(&mut stage.corrected, c);
+            }
         }
     }
 
@@ -363,6 +427,7 @@ mod tests {
         MessageRecord {
             server,
             scheduled: Some(started),
+            stage: None,
             started,
             finished: started + Duration::from_millis(2),
             timings: PhaseTimings::default(),

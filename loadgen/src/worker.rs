@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Logins;
@@ -22,7 +21,7 @@ use crate::client::{
     ClientSettings, Connection, Dial, Failure, FailureKind, Phase, PhaseTimings, PreparedCommands,
 };
 use crate::message::{DateClock, MessageFactory};
-use crate::schedule::{Plan, Slot};
+use crate::schedule::{Gate, Plan, Slot};
 use crate::stats::{MessageRecord, Stats};
 use crate::tls::{Handshake, TlsClient};
 
@@ -50,7 +49,7 @@ pub struct RunShared {
     pub stop: CancellationToken,
     /// Give up on messages in flight (end of the drain time).
     pub abort: CancellationToken,
-    /// Open model: a permit per message due, per server.
+    /// Open model: the messages due, per server.
     pub gates: Option<crate::schedule::Gates>,
 }
 
@@ -94,12 +93,11 @@ impl Worker {
             if shared.stop.is_cancelled() || shared.abort.is_cancelled() {
                 break;
             }
-            if let Some(gates) = &shared.gates
-                && !self.wait_until_due(&gates[self.server]).await
-            {
-                break;
-            }
-            let Some(slot) = shared.plan.claim(self.server) else {
+            let slot = match &shared.gates {
+                Some(gates) => self.wait_until_due(&gates[self.server]).await,
+                None => shared.plan.claim(self.server),
+            };
+            let Some(slot) = slot else {
                 break;
             };
             self.retire_stale_connection(shared.gates.is_some()).await;
@@ -166,6 +164,7 @@ impl Worker {
         MessageRecord {
             server: self.server,
             scheduled: slot.due,
+            stage: slot.stage,
             started,
             finished,
             timings,
@@ -179,21 +178,15 @@ impl Worker {
     /// Open model: waits until the next message of this server falls due, and
     /// meanwhile tidies the connections up, so that neither the wait for a close
     /// nor the QUIT of a stale connection delays the message (or makes it late).
-    /// False when the run ends first.
-    async fn wait_until_due(&mut self, gate: &Semaphore) -> bool {
+    /// The message, or `None` when the run ends first.
+    async fn wait_until_due(&mut self, gate: &Gate) -> Option<Slot> {
         let shared = Arc::clone(&self.shared);
         tokio::select! {
-            permit = gate.acquire() => match permit {
-                Ok(p) => {
-                    p.forget();
-                    true
-                }
-                Err(_) => false,
-            },
+            slot = gate.next_due() => slot,
             never = tidy_while_idle(&mut self.closing, &mut self.conn, self.idle_since) => match never {},
             // Not yet due when the run was stopped: never part of the run.
-            _ = shared.stop.cancelled() => false,
-            _ = shared.abort.cancelled() => false,
+            _ = shared.stop.cancelled() => None,
+            _ = shared.abort.cancelled() => None,
         }
     }
 

@@ -83,6 +83,44 @@ pub struct RunResult {
     /// absent when none were given and in older files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<GateOutcome>>,
+    /// Stages mode: one entry per `--stages` point, in order; absent otherwise
+    /// and in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
+    /// `--warmup`, seconds: messages due this early were sent (and are in the
+    /// timeline) but are left out of every other figure. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_s: Option<f64>,
+}
+
+/// One stage of a stages run: the rate ramped linearly from `rate_from` to
+/// `rate_to` between `start_s` and `end_s` (seconds from the start; equal for a
+/// step), and what became of the messages due in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageSummary {
+    /// Position in `--stages`, from 0.
+    pub index: u32,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub rate_from: f64,
+    pub rate_to: f64,
+    /// Messages due in the stage (outside the warmup) that were attempted.
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Started later than due plus the late tolerance.
+    pub late: u64,
+    pub latency_ms: LatencySummary,
+    /// Completion minus due time (coordinated-omission corrected).
+    pub latency_corrected_ms: LatencySummary,
+    pub histograms: StageHistograms,
+}
+
+/// A stage's latency histograms, encoded as in [`Histograms`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageHistograms {
+    pub total: String,
+    pub corrected: String,
 }
 
 /// The TLS handshakes of a run: how many, what they negotiated, how many resumed

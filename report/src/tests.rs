@@ -45,6 +45,8 @@ fn sample_result() -> RunResult {
         }),
         resources: BTreeMap::new(),
         tls: None,
+        stages: Vec::new(),
+        warmup_s: None,
         gates: None,
     }
 }
@@ -250,4 +252,37 @@ fn results_written_before_the_tls_and_auth_phases_still_read() {
     assert!(r.metrics.phases_ms["eod"].p50 > 0.0);
     let h = r.histograms.as_ref().unwrap();
     assert!(h.phases.contains_key("rcpt"));
+}
+
+#[test]
+fn results_written_before_stages_read_without_them_and_stages_round_trip() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stampede/v1-before-tls.json");
+    let r = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.stages.is_empty() && r.warmup_s.is_none());
+    let text = serde_json::to_string(&r).unwrap();
+    assert!(!text.contains("\"stages\"") && !text.contains("warmup_s"));
+
+    let mut staged = sample_result();
+    staged.warmup_s = Some(10.0);
+    staged.stages = vec![crate::StageSummary {
+        index: 0,
+        start_s: 0.0,
+        end_s: 30.0,
+        rate_from: 0.0,
+        rate_to: 100.0,
+        sent: 1500,
+        ok: 1499,
+        failed: 1,
+        late: 2,
+        latency_ms: staged.metrics.latency_ms,
+        latency_corrected_ms: staged.metrics.latency_ms,
+        histograms: crate::StageHistograms {
+            total: "x".into(),
+            corrected: "y".into(),
+        },
+    }];
+    let text = serde_json::to_string(&staged).unwrap();
+    let back = crate::load_str(&text, Path::new("staged.json")).unwrap();
+    assert_eq!(back, staged);
 }

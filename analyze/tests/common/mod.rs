@@ -268,6 +268,8 @@ impl Builder {
             histograms: Some(histograms),
             resources,
             tls: None,
+            stages: Vec::new(),
+            warmup_s: None,
             gates: None,
         }
     }
