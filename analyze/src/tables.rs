@@ -6,7 +6,7 @@ use std::path::Path;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
-use report::{LatencySummary, PHASES, RunResult, TlsSummary};
+use report::{GateOutcome, LatencySummary, PHASES, RunResult, TlsSummary};
 
 use crate::catalog::{Entry, stem};
 use crate::figures::{format_ms, megabytes_per_second};
@@ -212,6 +212,9 @@ pub(crate) fn per_server_table(r: &RunResult) -> Table {
 /// replies, resources, each when the result holds it.
 fn show_figures(out: &mut String, r: &RunResult) {
     let m = &r.metrics;
+    if let Some(gates) = r.gates.as_deref().filter(|g| !g.is_empty()) {
+        let _ = writeln!(out, "{}", gate_table(gates));
+    }
     if let Some(tls) = &r.tls {
         let _ = writeln!(out, "{}", tls_table(tls));
     }
@@ -237,6 +240,26 @@ fn show_figures(out: &mut String, r: &RunResult) {
     if !r.resources.is_empty() {
         let _ = writeln!(out, "{}", resource_table(r));
     }
+}
+
+/// The gates `loadgen --require` judged at the end of the run, one row each, as
+/// the run recorded them (so `show` says what the exit code of that run meant).
+pub(crate) fn gate_table(gates: &[GateOutcome]) -> Table {
+    let mut t = new_table(&["gate", "required", "observed", "verdict"]);
+    for g in gates {
+        let verdict = match (g.passed, g.aborted_run) {
+            (true, _) => "PASS",
+            (false, false) => "FAIL",
+            (false, true) => "FAIL (stopped the run)",
+        };
+        t.add_row(vec![
+            g.gate.clone(),
+            g.requirement(),
+            g.observed_text(),
+            verdict.to_string(),
+        ]);
+    }
+    t
 }
 
 /// One row per percentile; a second column when the corrected latency exists.

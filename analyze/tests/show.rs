@@ -364,3 +364,25 @@ fn show_prints_a_row_per_stage_and_the_warmup() {
     assert_eq!(row(t, "arrivals"), ["arrivals", "poisson (seed 42)"]);
     assert!(row(t, "warmup")[1].starts_with("1 s (sent, left out"));
 }
+
+#[test]
+fn show_prints_the_gates_the_run_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Builder::burst(&spread(100, 1_000, 5_000), 1.0).build();
+    let gates: Vec<report::Gate> = ["success_rate>=99.9", "p99<=1ms"]
+        .iter()
+        .map(|g| report::Gate::parse(g).unwrap())
+        .collect();
+    let mut outcomes = report::gate::evaluate(&r, &gates, report::LatencyBasis::AsNamed);
+    outcomes[1].aborted_run = true;
+    r.gates = Some(outcomes);
+    let path = dir.path().join("gated.json");
+    r.save(&path).unwrap();
+    let out = analyze(&["show", s(&path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = &out.stdout;
+    let success = row(t, "success_rate>=99.9");
+    assert_eq!(success[1..], ["success_rate >= 99.90%", "100.00%", "PASS"]);
+    let p99 = row(t, "p99<=1ms");
+    assert_eq!(p99[3], "FAIL (stopped the run)", "{t}");
+}
