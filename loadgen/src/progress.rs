@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use report::RunResult;
+use report::capacity::format_rate;
+use report::{CapacityStep, CapacitySummary, RunResult};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -163,6 +164,91 @@ pub fn summary(r: &RunResult) -> String {
             "NOTE",
             "interrupted: figures cover the part that ran".into(),
         );
+    }
+    if !r.stages.is_empty() {
+        out.push_str(&stage_rows(r));
+    }
+    if let Some(c) = &r.capacity {
+        out.push_str(&capacity_rows(c));
+    }
+    out
+}
+
+/// One finished step of a capacity search, for the log while it runs.
+pub fn capacity_step_line(s: &CapacityStep) -> String {
+    let verdict = match (s.passed, s.generator_saturated) {
+        (true, false) => "meets the SLO".to_string(),
+        (true, true) => "meets the SLO (generator saturated)".to_string(),
+        (false, false) => format!("breaks {}", s.broke.join(", ")),
+        (false, true) => format!("breaks {} (generator saturated)", s.broke.join(", ")),
+    };
+    format!(
+        "loadgen: capacity step {} at {} msg/s: {:.1} ok/s, {:.2}% success, p99 corrected {:.2} ms: {verdict}",
+        s.index,
+        format_rate(s.rate),
+        s.achieved_rate,
+        s.success_rate,
+        s.latency_corrected_ms.p99
+    )
+}
+
+/// The stages of a stages run, a row each: time, target, counts, p99.
+fn stage_rows(r: &RunResult) -> String {
+    let mut out = String::from("  stages\n");
+    for s in &r.stages {
+        let target = if s.rate_from == s.rate_to {
+            format_rate(s.rate_to)
+        } else {
+            format!("{} → {}", format_rate(s.rate_from), format_rate(s.rate_to))
+        };
+        out.push_str(&format!(
+            "    {:<3} {:>7.1}–{:<7.1} s  {:>15}/s  sent {:>7}  ok {:>7}  failed {:>5}  late {:>5}  p99 corr. {:>9.2} ms\n",
+            s.index,
+            s.start_s,
+            s.end_s,
+            target,
+            s.sent,
+            s.ok,
+            s.failed,
+            s.late,
+            s.latency_corrected_ms.p99
+        ));
+    }
+    out
+}
+
+/// The steps of a capacity search, a row each, and its verdict.
+fn capacity_rows(c: &CapacitySummary) -> String {
+    let mut out = format!("  capacity search (SLO {})\n", c.slo.join(", "));
+    out.push_str(
+        "    step      rate/s      ok/s   success   p99 ms  p99 corr. ms   late  verdict\n",
+    );
+    for s in &c.steps {
+        let verdict = match (s.passed, s.generator_saturated) {
+            (true, false) => "pass".to_string(),
+            (true, true) => "pass (generator saturated)".to_string(),
+            (false, false) => format!("FAIL {}", s.broke.join(", ")),
+            (false, true) => format!("FAIL {} (generator saturated)", s.broke.join(", ")),
+        };
+        out.push_str(&format!(
+            "    {:<4} {:>11} {:>9.1} {:>8.2}% {:>8.2} {:>13.2} {:>6}  {verdict}\n",
+            s.index,
+            format_rate(s.rate),
+            s.achieved_rate,
+            s.success_rate,
+            s.latency_ms.p99,
+            s.latency_corrected_ms.p99,
+            s.late
+        ));
+    }
+    out.push_str(&format!("  {:<22} {}\n", "capacity", c.verdict()));
+    if let Some(h) = c.headline_step() {
+        out.push_str(&format!(
+            "  {:<22} the figures above are those of step {} ({} msg/s)\n",
+            "note",
+            h.index,
+            format_rate(h.rate)
+        ));
     }
     out
 }

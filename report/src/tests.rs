@@ -48,6 +48,7 @@ fn sample_result() -> RunResult {
         stages: Vec::new(),
         warmup_s: None,
         gates: None,
+        capacity: None,
     }
 }
 
