@@ -30,6 +30,7 @@ use report::{CapacityStep, CapacitySummary, RunResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CapacitySpec, Config, Mode};
+use crate::result::SATURATED_LATE_SHARE;
 
 /// The search stops when the lowest breaking rate is within this share of the
 /// highest passing one (the 5% resolution).
@@ -151,8 +152,9 @@ impl Search {
 /// The generator was the limit when the step's result says so (the dispatcher
 /// ran behind the timetable or its CPU was full, [`RunResult::generator_saturated`]),
 /// or when the step broke the SLO only because sends waited for a free session:
-/// every gate holds on the server's service time but not on the corrected
-/// latency, so the queue was in the generator (raise `--workers`).
+/// more than [`SATURATED_LATE_SHARE`] of the sends started late, and every gate
+/// holds on the server's service time but not on the corrected latency, so the
+/// queue was in the generator (raise `--workers`).
 pub fn judge(
     step: &RunResult,
     slo: &[Gate],
@@ -167,11 +169,13 @@ pub fn judge(
         .map(|o| o.gate.clone())
         .collect();
     let passed = broke.is_empty();
+    let m = &step.metrics;
+    let late_share = m.late_sends as f64 / m.total_messages.max(1) as f64;
     let sessions_were_the_limit = !passed
+        && late_share > SATURATED_LATE_SHARE
         && gate::evaluate(step, slo, LatencyBasis::AsNamed)
             .iter()
             .all(|o| o.passed);
-    let m = &step.metrics;
     CapacityStep {
         index,
         rate,
@@ -473,6 +477,12 @@ mod tests {
     fn step_result(corrected_p99: f64, service_p99: f64, success: f64) -> RunResult {
         let mut r = RunResult::default();
         r.metrics.total_messages = 1000;
+        // Sends waited when the corrected latency ran away from the service time.
+        r.metrics.late_sends = if corrected_p99 > 2.0 * service_p99 {
+            500
+        } else {
+            0
+        };
         r.metrics.successful_messages = (success * 10.0) as u64;
         r.metrics.success_rate = success;
         r.metrics.latency_ms.p99 = service_p99;
