@@ -336,7 +336,8 @@ pub struct CapacityArgs {
 /// `loadgen --help`'s closing section.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    the run was carried out (and met every --require gate)
+  0    the run was carried out (and met every --require gate); a capacity
+       search exits 0 whatever rate it found (the verdict is in the result)
   1    the run could not be carried out (unreachable server, no runtime, result not written)
   2    bad usage: a bad flag or value, named on stderr
   99   a --require gate was missed, or --abort-on-fail stopped the run (result written)
