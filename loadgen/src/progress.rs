@@ -252,3 +252,63 @@ fn capacity_rows(c: &CapacitySummary) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_has_a_row_per_stage_and_the_capacity_steps_and_verdict() {
+        let mut r = RunResult::default();
+        r.stages = vec![report::StageSummary {
+            index: 1,
+            start_s: 5.0,
+            end_s: 15.0,
+            rate_from: 100.0,
+            rate_to: 500.0,
+            sent: 3000,
+            ok: 2990,
+            failed: 10,
+            late: 4,
+            ..Default::default()
+        }];
+        let text = summary(&r);
+        assert!(text.contains("  stages\n"), "{text}");
+        assert!(
+            text.contains("100 → 500/s  sent    3000  ok    2990  failed    10  late     4"),
+            "{text}"
+        );
+
+        let step = |index, rate, passed: bool| CapacityStep {
+            index,
+            rate,
+            achieved_rate: rate,
+            success_rate: 100.0,
+            passed,
+            broke: if passed {
+                vec![]
+            } else {
+                vec!["p99<=250ms".into()]
+            },
+            ..Default::default()
+        };
+        r.stages.clear();
+        r.capacity = Some(CapacitySummary {
+            slo: vec!["p99<=250ms".into()],
+            max_rate_meeting_slo: Some(100.0),
+            first_rate_breaking_slo: Some(200.0),
+            which_slo_broke: Some("p99<=250ms".into()),
+            resolution_percent: 5.0,
+            steps: vec![step(0, 100.0, true), step(1, 200.0, false)],
+            ..Default::default()
+        });
+        let text = summary(&r);
+        assert!(text.contains("capacity search (SLO p99<=250ms)"), "{text}");
+        assert!(text.contains("FAIL p99<=250ms"), "{text}");
+        assert!(
+            text.contains("100 msg/s meets the SLO; 200 msg/s broke it (p99<=250ms)"),
+            "{text}"
+        );
+        assert!(text.contains("those of step 0 (100 msg/s)"), "{text}");
+    }
+}
