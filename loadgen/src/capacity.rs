@@ -30,7 +30,7 @@ use report::{CapacityStep, CapacitySummary, RunResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CapacitySpec, Config, Mode};
-use crate::result::SATURATED_LATE_SHARE;
+use crate::result::too_late;
 
 /// The search stops when the lowest breaking rate is within this share of the
 /// highest passing one (the 5% resolution).
@@ -152,7 +152,7 @@ impl Search {
 /// The generator was the limit when the step's result says so (the dispatcher
 /// ran behind the timetable or its CPU was full, [`RunResult::generator_saturated`]),
 /// or when the step broke the SLO only because sends waited for a free session:
-/// more than [`SATURATED_LATE_SHARE`] of the sends started late, and every gate
+/// too many sends started late ([`too_late`]: over 1% and at least 10), and every gate
 /// holds on the server's service time but not on the corrected latency, so the
 /// queue was in the generator (raise `--workers`).
 pub fn judge(
@@ -170,9 +170,8 @@ pub fn judge(
         .collect();
     let passed = broke.is_empty();
     let m = &step.metrics;
-    let late_share = m.late_sends as f64 / m.total_messages.max(1) as f64;
     let sessions_were_the_limit = !passed
-        && late_share > SATURATED_LATE_SHARE
+        && too_late(m.late_sends, m.total_messages)
         && gate::evaluate(step, slo, LatencyBasis::AsNamed)
             .iter()
             .all(|o| o.passed);

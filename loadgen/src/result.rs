@@ -21,6 +21,16 @@ pub const SATURATED_CPU_PERCENT: f64 = 90.0;
 /// Above this share of sends that were late although a session was free (the
 /// generator's timers ran behind), the generator is taken to be the limit.
 pub const SATURATED_LATE_SHARE: f64 = 0.01;
+/// ... and at least this many: in a short run (a capacity step of a few hundred
+/// messages) one timer that woke late on a busy machine is a blip, not a
+/// generator that cannot keep up.
+pub const SATURATED_LATE_MIN: u64 = 10;
+
+/// Whether `late` of `total` sends is more than the generator falling behind by
+/// chance: over [`SATURATED_LATE_SHARE`] of them and at least [`SATURATED_LATE_MIN`].
+pub fn too_late(late: u64, total: u64) -> bool {
+    late >= SATURATED_LATE_MIN && late as f64 > SATURATED_LATE_SHARE * total.max(1) as f64
+}
 
 /// CPU time and peak RSS of this process so far.
 #[derive(Debug, Clone, Copy, Default)]
@@ -275,9 +285,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         max_rss_bytes: f.usage_after.max_rss_bytes,
     };
     let generator_saturated = cpu_percent > SATURATED_CPU_PERCENT
-        || (open_model
-            && stats.generator_late_sends as f64
-                > SATURATED_LATE_SHARE * counts.total.max(1) as f64);
+        || (open_model && too_late(stats.generator_late_sends, counts.total));
 
     let mut config = serde_json::to_value(c)?;
     if let Some(o) = config.as_object_mut() {

@@ -15,24 +15,45 @@ use tokio::sync::Semaphore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
 
-/// A running known-capacity server; dropping it stops accepting.
+/// A running known-capacity server, on a thread and runtime of its own so the
+/// generator's work in the test's runtime does not slow it; dropping it stops it.
 struct KnownCapacityServer {
     addr: SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KnownCapacityServer {
     /// At most `sessions` messages in service at once, each for `delay`.
     async fn start(sessions: usize, delay: Duration) -> KnownCapacityServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let permits = Arc::new(Semaphore::new(sessions));
-        let accept = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(session(socket, Arc::clone(&permits), delay));
-            }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let permits = Arc::new(Semaphore::new(sessions));
+                let accept = async {
+                    while let Ok((socket, _)) = listener.accept().await {
+                        tokio::spawn(session(socket, Arc::clone(&permits), delay));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
         });
-        KnownCapacityServer { addr, accept }
+        KnownCapacityServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     /// Messages a second it can serve: `sessions / delay`.
@@ -43,9 +64,16 @@ impl KnownCapacityServer {
 
 impl Drop for KnownCapacityServer {
     fn drop(&mut self) {
-        self.accept.abort();
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
+
+/// The searches of this file take turns: each is a load test of its own, and
+/// two at once on a small machine would measure each other.
+static ONE_SEARCH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One SMTP session: every command accepted; the final dot waits for a permit,
 /// holds it for `delay`, then gets its 250.
@@ -110,6 +138,7 @@ fn config(server: SocketAddr, extra: &[&str]) -> loadgen::Config {
 }
 
 async fn search(config: loadgen::Config) -> report::RunResult {
+    let _turn = ONE_SEARCH_AT_A_TIME.lock().await;
     loadgen::run(config, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap()
@@ -146,32 +175,43 @@ async fn the_search_finds_a_known_capacity_within_ten_percent() {
     // 10 messages at a time, 50 ms each: 200 msg/s. Under it a message takes
     // 50 ms (60-90 ms at p99 on a loaded machine); over it the queue grows
     // without end, by 2 × (rate − 200) messages in a two-second step, each adding
-    // 5 ms: at 210 msg/s the p99 is past 150 ms. So the knee is sharp, and a
-    // stall of the machine must add 60 ms to a passing step's p99 to break it.
+    // 5 ms: at 215 msg/s the p90 is past 150 ms. So the knee is sharp, and the
+    // SLO is on p90 so that a stall of the machine must delay a tenth of a
+    // passing step's messages by 100 ms to break it.
     let (sessions, delay) = (10, Duration::from_millis(50));
     let truth = KnownCapacityServer::capacity(sessions, delay);
     let server = KnownCapacityServer::start(sessions, delay).await;
     let started = Instant::now();
-    let r = search(config(
-        server.addr,
-        &[
-            "--slo",
-            "p99<=150ms,success_rate>=99.9",
-            "--start-rate",
-            "25",
-            "--step-duration",
-            "2s",
-            "--cooldown",
-            "500ms",
-            "--drain-timeout",
-            "1s",
-            // The machine running the tests is loaded: a timer waking a little
-            // late is not the generator failing to keep up.
-            "--late-tolerance-ms",
-            "50",
-        ],
-    ))
-    .await;
+    let flags = [
+        "--slo",
+        "p90<=150ms,success_rate>=99.9",
+        "--start-rate",
+        "25",
+        "--step-duration",
+        "2s",
+        "--cooldown",
+        "500ms",
+        "--drain-timeout",
+        "1s",
+        // The machine running the tests is loaded: a timer waking a little
+        // late is not the generator failing to keep up.
+        "--late-tolerance-ms",
+        "50",
+    ];
+    // A search that says the generator was its limit measured this machine's
+    // load, not the server (the honest answer, tested below): it is run again,
+    // twice at most. A search that blames the server must be right first time.
+    let mut r = search(config(server.addr, &flags)).await;
+    for _ in 0..2 {
+        if !r.capacity.as_ref().unwrap().generator_limited {
+            break;
+        }
+        eprintln!(
+            "generator-limited search, again:\n{}",
+            steps_text(r.capacity.as_ref().unwrap())
+        );
+        r = search(config(server.addr, &flags)).await;
+    }
     let took = started.elapsed();
     let c = r.capacity.clone().expect("a capacity result");
     let table = steps_text(&c);
@@ -203,7 +243,7 @@ async fn the_search_finds_a_known_capacity_within_ten_percent() {
     assert!(head.sent as f64 >= found * 2.0 - 1.0);
     let config = &r.run.as_ref().unwrap().config;
     assert_eq!(config["mode"], "capacity");
-    assert_eq!(config["slo"][0], "p99<=150ms");
+    assert_eq!(config["slo"][0], "p90<=150ms");
     // Steps follow each other with the cool-down between them.
     for w in c.steps.windows(2) {
         assert!(w[1].start_s >= w[0].end_s + 0.4, "{:?}", w);
@@ -227,6 +267,8 @@ async fn reaching_max_rate_with_the_slo_met_says_at_least() {
             "1s",
             "--cooldown",
             "0s",
+            "--late-tolerance-ms",
+            "50",
         ],
     ))
     .await;
@@ -256,7 +298,7 @@ async fn too_few_sessions_make_the_answer_at_least_not_a_capacity() {
         server.addr,
         &[
             "--slo",
-            "p99<=100ms",
+            "p90<=150ms",
             "--workers",
             "4",
             "--start-rate",
