@@ -47,8 +47,9 @@ pub const MAX_STEPS: usize = 64;
 pub struct StepVerdict {
     /// The step met every SLO gate.
     pub passed: bool,
-    /// The generator, not the server, was the limit.
-    pub generator_saturated: bool,
+    /// The generator, not the server, decided the step: it could not offer
+    /// more, or the SLO broke only on time its sends spent in the generator.
+    pub generator_was_the_limit: bool,
 }
 
 /// Where a finished search stands: the rates that bracket the capacity.
@@ -106,11 +107,11 @@ impl Search {
         self.steps += 1;
         if verdict.passed {
             self.good = Some(self.good.map_or(rate, |g| g.max(rate)));
-        } else if !verdict.generator_saturated {
+        } else if !verdict.generator_was_the_limit {
             // A step the generator could not offer says nothing about the server.
             self.bad = Some(self.bad.map_or(rate, |b| b.min(rate)));
         }
-        if verdict.generator_saturated {
+        if verdict.generator_was_the_limit {
             self.generator_limited = true;
             self.next = None;
             return;
@@ -147,21 +148,25 @@ impl Search {
 }
 
 /// Judges a finished step on its own result: the SLO gates with latency
-/// corrected, and whether the generator was the limit.
+/// corrected, and who decided the outcome, the server or the generator.
 ///
-/// The generator was the limit when the step's result says so (the dispatcher
-/// ran behind the timetable or its CPU was full, [`RunResult::generator_saturated`]),
-/// or when the step broke the SLO only because sends waited for a free session:
-/// too many sends started late ([`too_late`]: over 1% and at least 10), and every gate
-/// holds on the server's service time but not on the corrected latency, so the
-/// queue was in the generator (raise `--workers`).
+/// A step that broke the SLO on the server's own figures too (its service time
+/// or its success rate, the gates judged as named) is the server's break, even
+/// when the generator lagged: a server that broke under less load than offered
+/// breaks under the full load as well. A step that broke the SLO only on the
+/// corrected latency, while too many sends started late ([`too_late`]: over 1%
+/// and at least 10), broke on time spent in the generator: its dispatcher ran
+/// behind, or every one of `--workers` sessions was busy (raise it). That, or a
+/// step passed while the generator was saturated ([`RunResult::generator_saturated`]:
+/// it could offer no more), makes the generator the limit, and the step is
+/// marked `generator_saturated`.
 pub fn judge(
     step: &RunResult,
     slo: &[Gate],
     index: u32,
     rate: f64,
     span: (f64, f64),
-) -> CapacityStep {
+) -> (CapacityStep, StepVerdict) {
     let outcomes = gate::evaluate(step, slo, LatencyBasis::CorrectedWhereMeasured);
     let broke: Vec<String> = outcomes
         .iter()
@@ -170,12 +175,18 @@ pub fn judge(
         .collect();
     let passed = broke.is_empty();
     let m = &step.metrics;
-    let sessions_were_the_limit = !passed
-        && too_late(m.late_sends, m.total_messages)
+    let server_broke = !passed
         && gate::evaluate(step, slo, LatencyBasis::AsNamed)
             .iter()
-            .all(|o| o.passed);
-    CapacityStep {
+            .any(|o| !o.passed);
+    let waited_in_the_generator =
+        !passed && !server_broke && too_late(m.late_sends, m.total_messages);
+    let verdict = StepVerdict {
+        passed,
+        generator_was_the_limit: !server_broke
+            && (step.generator_saturated || waited_in_the_generator),
+    };
+    let summary = CapacityStep {
         index,
         rate,
         start_s: span.0,
@@ -190,17 +201,9 @@ pub fn judge(
         latency_corrected_ms: m.latency_corrected_ms.unwrap_or_default(),
         passed,
         broke,
-        generator_saturated: step.generator_saturated || sessions_were_the_limit,
-    }
-}
-
-impl From<&CapacityStep> for StepVerdict {
-    fn from(s: &CapacityStep) -> StepVerdict {
-        StepVerdict {
-            passed: s.passed,
-            generator_saturated: s.generator_saturated,
-        }
-    }
+        generator_saturated: step.generator_saturated || waited_in_the_generator,
+    };
+    (summary, verdict)
 }
 
 /// The `capacity` key of a finished search.
@@ -318,7 +321,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
             }
             break;
         }
-        let step = judge(
+        let (step, verdict) = judge(
             &result,
             &config.slo_gates,
             index,
@@ -328,7 +331,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         if !config.quiet {
             eprintln!("{}", crate::progress::capacity_step_line(&step));
         }
-        search.record(rate, StepVerdict::from(&step));
+        search.record(rate, verdict);
         steps.push(step);
         runs.push(result);
     }
@@ -350,11 +353,11 @@ mod tests {
 
     const PASS: StepVerdict = StepVerdict {
         passed: true,
-        generator_saturated: false,
+        generator_was_the_limit: false,
     };
     const BREAK: StepVerdict = StepVerdict {
         passed: false,
-        generator_saturated: false,
+        generator_was_the_limit: false,
     };
 
     /// Runs a search against a server that meets the SLO up to `capacity`,
@@ -439,7 +442,7 @@ mod tests {
             400.0,
             StepVerdict {
                 passed: false,
-                generator_saturated: true,
+                generator_was_the_limit: true,
             },
         );
         assert_eq!(s.next_rate(), None);
@@ -457,7 +460,7 @@ mod tests {
             100.0,
             StepVerdict {
                 passed: true,
-                generator_saturated: true,
+                generator_was_the_limit: true,
             },
         );
         assert_eq!(s.next_rate(), None);
@@ -503,53 +506,58 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_step_is_judged_on_corrected_latency_and_names_what_broke() {
-        let ok = judge(
-            &step_result(80.0, 60.0, 100.0),
+    /// Judges a step of `figures` (corrected p99, service p99, success %) at
+    /// index 0, 100 msg/s.
+    fn judged(figures: (f64, f64, f64)) -> (CapacityStep, StepVerdict) {
+        judge(
+            &step_result(figures.0, figures.1, figures.2),
             &slo(),
             0,
             100.0,
             (0.0, 2.0),
-        );
+        )
+    }
+
+    #[test]
+    fn a_step_is_judged_on_corrected_latency_and_names_what_broke() {
+        let (ok, v) = judged((80.0, 60.0, 100.0));
         assert!(ok.passed && ok.broke.is_empty() && !ok.generator_saturated);
-        let slow = judge(
-            &step_result(300.0, 250.0, 100.0),
-            &slo(),
-            1,
-            200.0,
-            (0.0, 2.0),
-        );
+        assert_eq!(v, PASS);
+        let (slow, v) = judged((300.0, 250.0, 100.0));
         assert!(!slow.passed);
         assert_eq!(slow.broke, ["p99<=100ms"]);
         assert!(!slow.generator_saturated, "the server was slow too");
-        let failing = judge(
-            &step_result(300.0, 250.0, 95.0),
-            &slo(),
-            2,
-            400.0,
-            (0.0, 2.0),
-        );
+        assert_eq!(v, BREAK);
+        let (failing, _) = judged((300.0, 250.0, 95.0));
         assert_eq!(failing.broke, ["p99<=100ms", "success_rate>=99.9"]);
     }
 
     #[test]
-    fn a_step_whose_sends_waited_for_sessions_is_the_generators_limit() {
+    fn a_step_whose_sends_waited_in_the_generator_is_the_generators_limit() {
         // The server answered in 20 ms; the sends waited 300 ms for a session.
-        let s = judge(
-            &step_result(300.0, 20.0, 100.0),
-            &slo(),
-            0,
-            100.0,
-            (0.0, 2.0),
-        );
-        assert!(!s.passed);
-        assert!(s.generator_saturated);
-        // And a result already marked saturated stays so.
+        let (s, v) = judged((300.0, 20.0, 100.0));
+        assert!(!s.passed && s.generator_saturated);
+        assert!(v.generator_was_the_limit);
+        // A step that passed while the generator could offer no more.
         let mut r = step_result(10.0, 5.0, 100.0);
         r.generator_saturated = true;
-        let s = judge(&r, &slo(), 0, 100.0, (0.0, 2.0));
+        let (s, v) = judge(&r, &slo(), 0, 100.0, (0.0, 2.0));
         assert!(s.passed && s.generator_saturated);
+        assert!(v.passed && v.generator_was_the_limit);
+    }
+
+    #[test]
+    fn a_server_that_broke_on_its_own_figures_broke_even_if_the_generator_lagged() {
+        // Its service time broke the SLO: it would at the full offered load too.
+        let mut r = step_result(3500.0, 1650.0, 100.0);
+        r.generator_saturated = true;
+        let (s, v) = judge(&r, &slo(), 5, 7000.0, (0.0, 5.0));
+        assert!(s.generator_saturated, "the step says the generator lagged");
+        assert_eq!(v, BREAK, "but the break is the server's");
+        // So does one whose success rate broke.
+        let mut r = step_result(90.0, 80.0, 95.0);
+        r.generator_saturated = true;
+        assert_eq!(judge(&r, &slo(), 0, 100.0, (0.0, 2.0)).1, BREAK);
     }
 
     #[test]
@@ -561,26 +569,17 @@ mod tests {
             step_duration: 2.0,
             cooldown: 0.0,
         };
-        let steps = vec![
-            judge(
-                &step_result(80.0, 60.0, 100.0),
-                &slo(),
-                0,
-                100.0,
-                (0.0, 2.0),
-            ),
-            judge(&step_result(80.0, 60.0, 95.0), &slo(), 1, 200.0, (2.0, 4.0)),
-            judge(
-                &step_result(300.0, 250.0, 100.0),
-                &slo(),
-                2,
-                150.0,
-                (4.0, 6.0),
-            ),
+        let runs = [
+            (step_result(80.0, 60.0, 100.0), 100.0),
+            (step_result(80.0, 60.0, 95.0), 200.0),
+            (step_result(300.0, 250.0, 100.0), 150.0),
         ];
         let mut search = Search::for_spec(&spec);
-        for s in &steps {
-            search.record(s.rate, s.into());
+        let mut steps = Vec::new();
+        for (i, (r, rate)) in runs.iter().enumerate() {
+            let (step, verdict) = judge(r, &slo(), i as u32, *rate, (0.0, 2.0));
+            search.record(*rate, verdict);
+            steps.push(step);
         }
         let c = summary(&spec, search.outcome(), steps);
         assert_eq!(c.max_rate_meeting_slo, Some(100.0));

@@ -62,9 +62,10 @@ pub struct CapacityStep {
     /// The gates it missed, as written.
     #[serde(default)]
     pub broke: Vec<String>,
-    /// The generator, not the server, was the limit in this step (its timers ran
-    /// behind, its CPU was full, or its sessions were all busy while the server
-    /// answered within the SLO): the step says nothing about the server's limit.
+    /// The generator fell behind in this step (its timers ran behind, its CPU was
+    /// full, or its sessions were all busy while the server answered within the
+    /// SLO). A step that broke the SLO on the server's own service time or
+    /// success rate is still the server's break.
     #[serde(default)]
     pub generator_saturated: bool,
 }
@@ -80,7 +81,8 @@ impl CapacitySummary {
             self.generator_limited,
         ) {
             (Some(good), _, true) => format!(
-                "at least {} (the generator could not offer more; the server's limit was not reached)",
+                "at least {} (the generator was the limit: its CPU or timers fell behind, or every \
+                 session was busy while the server answered within the SLO; raise --workers)",
                 rate(good)
             ),
             (None, _, true) => {
