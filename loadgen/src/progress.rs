@@ -259,19 +259,21 @@ mod tests {
 
     #[test]
     fn the_summary_has_a_row_per_stage_and_the_capacity_steps_and_verdict() {
-        let mut r = RunResult::default();
-        r.stages = vec![report::StageSummary {
-            index: 1,
-            start_s: 5.0,
-            end_s: 15.0,
-            rate_from: 100.0,
-            rate_to: 500.0,
-            sent: 3000,
-            ok: 2990,
-            failed: 10,
-            late: 4,
+        let mut r = RunResult {
+            stages: vec![report::StageSummary {
+                index: 1,
+                start_s: 5.0,
+                end_s: 15.0,
+                rate_from: 100.0,
+                rate_to: 500.0,
+                sent: 3000,
+                ok: 2990,
+                failed: 10,
+                late: 4,
+                ..Default::default()
+            }],
             ..Default::default()
-        }];
+        };
         let text = summary(&r);
         assert!(text.contains("  stages\n"), "{text}");
         assert!(
