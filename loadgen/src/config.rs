@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::auth::{Credential, read_auth_file};
 use crate::cli::{Args, ArrivalsArg, AuthMechanism, ModeArg, OnOff, TlsMode};
+use crate::source_addrs::SourceAddrs;
 use crate::timetable::{Arrivals, RateCurve};
 use crate::tls::{TlsSettings, read_ca_file, server_name};
 
@@ -361,6 +362,12 @@ pub struct Config {
     pub abort_on_fail: bool,
     #[serde(skip)]
     pub gates: Vec<report::Gate>,
+    /// `--source-ips`, as given; absent from `run.config` when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ips: Option<String>,
+    /// The addresses of `--source-ips`, dealt out round-robin.
+    #[serde(skip)]
+    pub sources: Option<SourceAddrs>,
 }
 
 /// How every connection authenticates. Serialized into the result without the
@@ -745,6 +752,18 @@ impl Config {
             .iter()
             .map(|g| report::Gate::parse(g).map_err(|e| invalid("require", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        let sources = a
+            .source_ips
+            .as_deref()
+            .map(|spec| {
+                let sources = SourceAddrs::parse(spec)?;
+                sources.check_local()?;
+                Ok(sources)
+            })
+            .transpose()
+            .map_err(|e: crate::source_addrs::SourceAddrsError| {
+                invalid("source-ips", e.to_string())
+            })?;
         let monitor_containers = a
             .monitor_containers
             .iter()
@@ -781,6 +800,8 @@ impl Config {
             require: a.require,
             abort_on_fail: a.abort_on_fail,
             gates,
+            source_ips: a.source_ips.map(|s| s.trim().to_string()),
+            sources,
         })
     }
 
