@@ -10,6 +10,7 @@
 //! - output [`Format`]s of `check` and `compare`: text, markdown, JSON, JUnit XML.
 //! - [`draw_charts`]: PNG and SVG charts.
 //! - [`merge`]: one result from several generators' results.
+//! - `sources`: the per-source-address table of `show` (`loadgen --source-ips`).
 //! - [`render_html`]: one self-contained HTML page of one run or a comparison.
 //!
 //! The modules stay private and only what the binary and the tests use is
@@ -24,6 +25,7 @@ mod html;
 mod merge;
 mod output;
 mod significance;
+mod sources;
 mod tables;
 
 pub use catalog::{Catalog, Entry, load};
