@@ -3,6 +3,7 @@
 //!
 //! - [`catalog`](Catalog): finding and loading result files.
 //! - tables ([`show_table`], [`list_table`], [`summary_table`]): one result or many, as text.
+//!   `sources`: the per-source-address table of `show` (`loadgen --source-ips`).
 //! - [`compare`]: a baseline against a candidate, figure by figure, with a
 //!   Mann-Whitney U test for repeated runs ([`u_test`]).
 //! - [`evaluate_gates`]: absolute gates on one result (the grammar is
@@ -10,7 +11,6 @@
 //! - output [`Format`]s of `check` and `compare`: text, markdown, JSON, JUnit XML.
 //! - [`draw_charts`]: PNG and SVG charts.
 //! - [`merge`]: one result from several generators' results.
-//! - `sources`: the per-source-address table of `show` (`loadgen --source-ips`).
 //! - [`render_html`]: one self-contained HTML page of one run or a comparison.
 //!
 //! The modules stay private and only what the binary and the tests use is

@@ -345,6 +345,12 @@ pub struct Config {
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
     pub preflight: bool,
+    /// `--source-ips`, as given; absent from `run.config` when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ips: Option<String>,
+    /// The addresses of `--source-ips`, dealt out round-robin.
+    #[serde(skip)]
+    pub sources: Option<SourceAddrs>,
     /// Runtime threads (0 = one per core).
     pub threads: usize,
     pub tls: TlsSettings,
@@ -362,12 +368,6 @@ pub struct Config {
     pub abort_on_fail: bool,
     #[serde(skip)]
     pub gates: Vec<report::Gate>,
-    /// `--source-ips`, as given; absent from `run.config` when not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_ips: Option<String>,
-    /// The addresses of `--source-ips`, dealt out round-robin.
-    #[serde(skip)]
-    pub sources: Option<SourceAddrs>,
 }
 
 /// How every connection authenticates. Serialized into the result without the
@@ -791,6 +791,8 @@ impl Config {
             late_tolerance,
             drain_timeout,
             preflight: !a.no_preflight,
+            source_ips: a.source_ips.map(|s| s.trim().to_string()),
+            sources,
             threads: a.threads,
             tls,
             auth,
@@ -800,8 +802,6 @@ impl Config {
             require: a.require,
             abort_on_fail: a.abort_on_fail,
             gates,
-            source_ips: a.source_ips.map(|s| s.trim().to_string()),
-            sources,
         })
     }
 
