@@ -597,4 +597,20 @@ mod tests {
         let (_, peer) = listener.accept().await.unwrap();
         assert!(peer.ip().is_loopback());
     }
+
+    #[tokio::test]
+    async fn connect_from_binds_an_ipv6_source_too() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback on this host: the IPv6 case is not run");
+            return;
+        };
+        let server = listener.local_addr().unwrap();
+        let ip: IpAddr = "::1".parse().unwrap();
+        let sources = SourceAddrs::parse("::1").unwrap();
+        sources.check_local().unwrap();
+        sources.check_reaches(server).unwrap();
+        let client = connect_from(Some(sources.next()), server).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!((peer.ip(), client.local_addr().unwrap().ip()), (ip, ip));
+    }
 }
