@@ -12,7 +12,7 @@ use common::{Client, http_get, stop};
 use server::{Config, RunningServer};
 
 /// `/api/stats` parsed as JSON.
-async fn stats_json(admin: std::net::SocketAddr) -> serde_json::Value {
+async fn stats_json(admin: SocketAddr) -> serde_json::Value {
     let (status, body) = http_get(admin, "/api/stats").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("stats are JSON")
