@@ -25,7 +25,9 @@
 #                                interleaved, a fresh server per run: msg/s and server CPU per
 #                                message (median and range), then `analyze compare` over the
 #                                runs (BENCH_LIMITS_REPEATS runs a side, default 8;
-#                                BENCH_LIMITS_MESSAGES a run, default 20000)
+#                                BENCH_LIMITS_MESSAGES a run, default 20000); with
+#                                BENCH_LIMITS_PERF=1 also perf's share of the server's CPU
+#                                in admission, memory accounting and timeout timers
 #   scripts/bench.sh all         all of the above
 #
 # Needs release binaries (built here if missing), python3, and for `server`, `loadgen`
@@ -535,6 +537,53 @@ EOF
             "significantly so only where its p is below 0.05)"
 }
 
+# Where resource management shows in a profile: one stress-settings run of the same
+# burst under `perf record`, then the share of the server's CPU samples spent in
+# (and below) admission, the connection permit, memory accounting and the timeout
+# timers. Inclusive shares of separate call paths, so their sum is an estimate.
+limits_cost_profile() {
+    need perf "apt-get install linux-perf"
+    local n="${BENCH_LIMITS_MESSAGES:-20000}" port pid perf_pid
+    echo "== limits-cost profile: perf record of smtp-server (stress settings) during one run of the same burst"
+    port=$(free_port)
+    pid=$(start_stress_server "$port"); PIDS+=("$pid")
+    wait_port "$port"
+    perf record -F 999 -g --call-graph dwarf,16384 -p "$pid" -o "$OUT/limits-cost.perf" \
+        >"$OUT/perf-record.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+    "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$OUT/limits-cost-perf.json" \
+        --messages "$n" --workers 50 --size 10240 --msgs-per-conn 1 >/dev/null ||
+        echo "warning: loadgen exited $? (profiled run)" >&2
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" || true
+    stop "$pid"
+    perf report -i "$OUT/limits-cost.perf" --children --stdio -g none --percent-limit 0 \
+        --sort symbol 2>/dev/null | python3 -c '
+import re, sys
+PARTS = [
+    ("admission: Admission::admit", r"\] server::admission::Admission::admit$"),
+    ("admission: ConnectionPermit drop", r"\] <server::admission::ConnectionPermit as core::ops::drop::Drop>::drop$"),
+    ("memory accounting: InputBuffer::sync_charge", r"\] (server::input::InputBuffer::)?sync_charge( \(inlined\))?$"),
+    ("memory accounting: MemoryCharge drop", r"\] <server::memory::MemoryCharge as core::ops::drop::Drop>::drop$"),
+    ("timeouts: Sleep::poll", r"\] <tokio::time::sleep::Sleep as core::future::future::Future>::poll$"),
+    ("timeouts: Sleep::new_timeout", r"\] tokio::time::sleep::Sleep::new_timeout$"),
+    ("timeouts: Sleep drop", r"\] (core::ptr::)?drop_in_place<core::option::Option<tokio::time::sleep::Sleep>>( \(inlined\))?$"),
+]
+rows = {}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+(\[.\] .*?)\s*(-\s+-\s*)?$", line)
+    if not m:
+        continue
+    for name, pattern in PARTS:
+        if re.search(pattern, m.group(2)):
+            rows[name] = max(rows.get(name, 0.0), float(m.group(1)))
+for name, _ in PARTS:
+    print("%-46s %6.2f%%" % (name, rows.get(name, 0.0)))
+print("%-46s %6.2f%% of the server'"'"'s CPU samples" % ("together (estimate)", sum(rows.values())))
+'
+}
+
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 build
 case "${1:-}" in
@@ -548,6 +597,9 @@ case "${1:-}" in
     tls-idle) bench_tls_idle ;;
     all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory; bench_tls; bench_tls_idle
         bench_limits_cost ;;
-    limits-cost) bench_limits_cost ;;
-    *) sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    limits-cost)
+        bench_limits_cost
+        if [[ "${BENCH_LIMITS_PERF:-0}" == 1 ]]; then limits_cost_profile; fi
+        ;;
+    *) sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac
