@@ -30,6 +30,7 @@ mod require;
 mod result;
 mod runtime;
 mod schedule;
+mod source_addrs;
 mod stats;
 mod timetable;
 mod tls;
@@ -49,6 +50,9 @@ pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
 pub use require::table as gates_table;
 pub use runtime::main_runtime;
+pub use source_addrs::{
+    MAX_SOURCE_ADDRS, SourceAddrs, SourceAddrsError, check_bindable, connect_from,
+};
 
 use crate::auth::Logins;
 use crate::client::{
