@@ -298,6 +298,9 @@ pub struct Args {
 
 /// `loadgen --help`'s closing section.
 pub const EXIT_CODES_HELP: &str = "\
+Commands:
+  limits  check that a server enforces its resource limits (loadgen limits --help)
+
 Exit codes:
   0    the run was carried out (and met every --require gate)
   1    the run could not be carried out (unreachable server, no runtime, result not written)

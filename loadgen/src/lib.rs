@@ -15,7 +15,9 @@
 //! - presentation: `progress` (the live line and the summary), `result` (the
 //!   [`report`] model filled in);
 //! - judging: `require` (the `--require` gates on the result, and the
-//!   `--abort-on-fail` watch during the run).
+//!   `--abort-on-fail` watch during the run);
+//! - `limits`: the `loadgen limits` suite (does a server enforce its resource
+//!   limits?), with its own small SMTP probe.
 //!
 //! The printer never measures and the client never formats.
 
@@ -24,6 +26,7 @@ mod cli;
 mod client;
 mod config;
 mod containers;
+pub mod limits;
 mod message;
 mod progress;
 mod require;

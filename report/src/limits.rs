@@ -158,7 +158,11 @@ pub struct CaseOutcome {
 }
 
 impl CaseOutcome {
-    pub fn skipped(case: LimitCase, expected: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn skipped(
+        case: LimitCase,
+        expected: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self {
             case,
             verdict: Verdict::Skip,
@@ -232,18 +236,24 @@ impl LimitsDocument {
     }
 
     /// The table of cases (case, expected, observed, verdict, replies seen) and a
-    /// closing line of counts, as plain text.
+    /// closing line of counts, as plain text; long cells wrap.
     pub fn table(&self) -> String {
         let header = ["case", "expected", "observed", "verdict", "replies seen"];
-        let rows: Vec<[String; 5]> = self.cases.iter().map(row).collect();
+        let rows: Vec<[Vec<String>; 5]> = self
+            .cases
+            .iter()
+            .map(|c| row(c).map(|cell| wrap(&cell, CELL_WIDTH)))
+            .collect();
         let mut widths = header.map(str::len);
         for r in &rows {
             for (w, cell) in widths.iter_mut().zip(r) {
-                *w = (*w).max(cell.chars().count());
+                for line in cell {
+                    *w = (*w).max(line.chars().count());
+                }
             }
         }
         let mut out = String::new();
-        let line = |out: &mut String, cells: &[&str]| {
+        let line = |out: &mut String, cells: [&str; 5]| {
             let padded: Vec<String> = cells
                 .iter()
                 .zip(widths)
@@ -251,11 +261,15 @@ impl LimitsDocument {
                 .collect();
             let _ = writeln!(out, "{}", padded.join("  ").trim_end());
         };
-        line(&mut out, &header);
+        line(&mut out, header);
         let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         let _ = writeln!(out, "{}", rule.join("  "));
         for r in &rows {
-            line(&mut out, &r.each_ref().map(String::as_str));
+            let height = r.iter().map(Vec::len).max().unwrap_or(1);
+            for i in 0..height {
+                let cell = |k: usize| r[k].get(i).map_or("", String::as_str);
+                line(&mut out, [cell(0), cell(1), cell(2), cell(3), cell(4)]);
+            }
         }
         let _ = writeln!(
             out,
@@ -268,16 +282,32 @@ impl LimitsDocument {
         );
         for c in &self.cases {
             if let Some(reason) = &c.reason {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: {reason}",
-                    c.case.title(),
-                    c.verdict.as_str()
-                );
+                let _ = writeln!(out, "  {} {}: {reason}", c.case.title(), c.verdict.as_str());
             }
         }
         out
     }
+}
+
+/// Widest a table cell grows before it wraps.
+const CELL_WIDTH: usize = 40;
+
+/// Splits `text` into lines of at most `width` characters at spaces (a longer word
+/// gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().expect("never empty");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
 }
 
 fn row(c: &CaseOutcome) -> [String; 5] {
@@ -365,7 +395,17 @@ mod tests {
         assert!(t.contains("FAIL"), "{t}");
         assert!(t.contains("220 ×11"), "{t}");
         assert!(t.contains("0 passed, 1 failed, 1 skipped"), "{t}");
-        assert!(t.contains("idle timeout skip: no idle timeout expected"), "{t}");
+        assert!(
+            t.contains("idle timeout skip: no idle timeout expected"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn long_cells_wrap_at_spaces() {
+        assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
+        assert_eq!(wrap("", 4), vec![""]);
+        assert_eq!(wrap("abcdef g", 4), vec!["abcdef", "g"]);
     }
 
     #[test]
