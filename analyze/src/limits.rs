@@ -83,3 +83,52 @@ pub fn render(path: &Path, doc: &LimitsDocument) -> String {
     out.push_str(&doc.table());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use report::limits::{CaseOutcome, Expectations, LIMITS_SCHEMA_V1, LimitCase, Verdict};
+
+    use super::*;
+
+    #[test]
+    fn a_limits_document_is_shown_with_its_expectations_and_a_result_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.json");
+        let doc = LimitsDocument {
+            schema: LIMITS_SCHEMA_V1.into(),
+            server: "127.0.0.1:2525".into(),
+            admin: Some("http://127.0.0.1:8081".into()),
+            started_at: chrono::Utc::now(),
+            duration_s: 61.0,
+            source_addresses: vec![],
+            max_case_time_s: 60.0,
+            expectations: Expectations {
+                max_recipients: Some(10),
+                sources: BTreeMap::from([("max_recipients".into(), "admin".into())]),
+                ..Expectations::default()
+            },
+            cases: vec![CaseOutcome {
+                case: LimitCase::Recipients,
+                verdict: Verdict::Pass,
+                expected: "10 RCPT 250".into(),
+                observed: "RCPT limit+1 452 4.5.3".into(),
+                reason: None,
+                replies: BTreeMap::from([("452 4.5.3".into(), 1)]),
+                connections: 1,
+                duration_s: 0.1,
+            }],
+        };
+        doc.save(&path).unwrap();
+        let shown = show(&path).unwrap().expect("shown as a limits document");
+        assert!(shown.contains("max_recipients 10 (admin)"), "{shown}");
+        assert!(shown.contains("recipients"), "{shown}");
+        assert!(shown.contains("1 passed, 0 failed, 0 skipped"), "{shown}");
+
+        let result = dir.path().join("result.json");
+        report::RunResult::default().save(&result).unwrap();
+        assert!(show(&result).unwrap().is_none());
+        assert!(show(&dir.path().join("missing.json")).is_err());
+    }
+}
