@@ -67,7 +67,11 @@ pub(crate) struct Drained {
     pub bucket: RateLimit,
     pub source: Option<IpAddr>,
     pub per_ip: bool,
+    /// When the case that emptied it began, and when it ended.
+    pub began: Instant,
     pub at: Instant,
+    /// 421s the case saw: none means the bucket never emptied.
+    pub refusals: u64,
 }
 
 impl<'a> Ctx<'a> {

@@ -18,6 +18,8 @@ use crate::limits::{Ctx, Drained, Observed};
 const ATTEMPT_COST_S: f64 = 0.05;
 /// Recovery waits this many refill intervals for its token.
 const RECOVERY_WAIT: f64 = 1.5;
+/// After a fixed window ends, before the last try.
+const SETTLE_AFTER_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub struct Plan {
@@ -186,7 +188,9 @@ impl Plan {
             bucket: self.bucket,
             source: self.sources.first().copied().flatten(),
             per_ip: self.per_ip,
+            began: start,
             at: Instant::now(),
+            refusals: counts.refused,
         });
         let mut judgement = judge::rate(self.bucket, elapsed, &counts);
         if self.per_ip && other_banner == 1 {
@@ -206,6 +210,8 @@ impl Plan {
 pub struct RecoveryPlan {
     drained: Drained,
     wait: Duration,
+    /// The longest the case may wait (for a fixed window to end), from the drain.
+    max_wait: Duration,
 }
 
 pub fn recovery(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
@@ -213,7 +219,11 @@ pub fn recovery(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
         return Err(skip("", "no rate case ran, so no bucket is empty"));
     };
     let wait = Duration::from_secs_f64(drained.bucket.refill_interval_s() * RECOVERY_WAIT);
-    let plan = RecoveryPlan { drained, wait };
+    let plan = RecoveryPlan {
+        drained,
+        wait,
+        max_wait: ctx.settings.max_case_time,
+    };
     if let Some(r) = plan::too_long(
         wait.as_secs_f64() + 1.0,
         ctx.settings.max_case_time.as_secs_f64(),
@@ -226,13 +236,14 @@ pub fn recovery(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
 impl RecoveryPlan {
     pub fn expected(&self) -> String {
         format!(
-            "a session again {:.2} s after the {} bucket emptied",
+            "a session again {:.2} s (one token) after the {} bucket emptied, or after its {} s window",
             self.wait.as_secs_f64(),
             if self.drained.per_ip {
                 "per-IP"
             } else {
                 "global"
-            }
+            },
+            self.drained.bucket.window_s
         )
     }
 
@@ -245,6 +256,16 @@ impl RecoveryPlan {
         } else {
             "connections_rejected.rate_limit"
         };
+        if self.drained.refusals == 0 {
+            return Observed {
+                judgement: Judgement::fail(
+                    "nothing to recover from",
+                    "the rate case before saw no 421: the bucket never emptied",
+                ),
+                seen,
+                connections: 0,
+            };
+        }
         // Still empty? Only told, not judged: a token may already be back.
         let first = knock(source, settings.server, settings.reply_timeout).await;
         seen.note(format!("at once: {}", first.label()));
@@ -264,14 +285,32 @@ impl RecoveryPlan {
             Instant::now()
         };
         tokio::time::sleep_until((from + self.wait).into()).await;
-        let after = knock(source, settings.server, settings.reply_timeout).await;
-        seen.note(format!("after the refill: {}", after.label()));
-        let observed = format!(
+        let mut after = knock(source, settings.server, settings.reply_timeout).await;
+        seen.note(format!("after one token: {}", after.label()));
+        let mut observed = format!(
             "{} at once, {} after {:.2} s",
             if still_empty { "421" } else { "served" },
             after.label(),
             from.elapsed().as_secs_f64()
         );
+        let mut connections = 2;
+        if after.is_refusal() {
+            ctx.count(reason, 1);
+            // A fixed window (Postfix's anvil) gives nothing back before it ends.
+            let window_end =
+                self.drained.began + Duration::from_secs_f64(self.drained.bucket.window_s);
+            if window_end + SETTLE_AFTER_WINDOW <= self.drained.at + self.max_wait {
+                tokio::time::sleep_until((window_end + SETTLE_AFTER_WINDOW).into()).await;
+                after = knock(source, settings.server, settings.reply_timeout).await;
+                connections += 1;
+                seen.note(format!("after the window: {}", after.label()));
+                observed += &format!(
+                    ", {} after the window ({:.1} s): a fixed window, not a token bucket",
+                    after.label(),
+                    self.drained.began.elapsed().as_secs_f64()
+                );
+            }
+        }
         let judgement = match after {
             Door::Banner(p) => {
                 ctx.note_accepted(1);
@@ -279,7 +318,7 @@ impl RecoveryPlan {
                 Judgement::pass(observed)
             }
             d => {
-                if d.is_refusal() {
+                if d.is_refusal() && connections == 3 {
                     ctx.count(reason, 1);
                 }
                 Judgement::fail(
@@ -288,11 +327,11 @@ impl RecoveryPlan {
                 )
             }
         };
-        ctx.spent(2, 2);
+        ctx.spent(connections, connections);
         Observed {
             judgement,
             seen,
-            connections: 2,
+            connections,
         }
     }
 }
