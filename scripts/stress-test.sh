@@ -41,6 +41,12 @@ SERVER_ENV_TLS="docker/stress-test-tls.env"
 # so certificate checking stays on.
 TLS_DIR="$STATE_DIR/tls"
 IMPLICIT_TLS_CONTAINER_PORT=465             # SMTP_IMPLICIT_TLS_PORT in the TLS env file
+# The limits profile (small limits, short windows) that test-limits starts the servers
+# with, and its env twin for the containers; see docker/stress-test-limits.toml.
+SERVER_CONFIG_LIMITS="$ROOT/docker/stress-test-limits.toml"
+SERVER_ENV_LIMITS="docker/stress-test-limits.env"
+LIMITS_PROFILE=0                            # 1 while test-limits starts its servers
+LIMITS_PIDS=()                              # test-limits' suites running in the background
 
 MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
@@ -117,6 +123,14 @@ Verbs:
   test-mixed       2600 messages in one burst run, 50 workers, sizes drawn with
                    the weights 1000 small : 1000 medium : 500 large : 100 xlarge
   test-all         every test above, with a cooldown between them
+  test-limits      start the servers with the limits profile (docker/stress-test-
+                   limits.toml / .env) and run `loadgen limits` against each (in
+                   parallel, about a minute): connection and rate limits, timeouts,
+                   message size, recipients, and the servers' counters; prints a
+                   table per server, exits 1 when a case failed. Needs no servers
+                   running. Under Docker the suite runs in load-generator containers
+                   (one source address each): the per-IP limits are lifted there and
+                   the per-IP cases skip, saying so
   run-custom ARGS  run loadgen with ARGS passed through; added when not given:
                    --servers (the running servers), --output
                    results/<stamp>-custom.json, --test-type custom, under
@@ -400,6 +414,7 @@ local_start() {
         logdir="$RESULTS_DIR/server$n-logs"
         mkdir -p "$logdir"
         local config=$SERVER_CONFIG tls_flags=()
+        ((LIMITS_PROFILE == 0)) || config=$SERVER_CONFIG_LIMITS
         if [[ "$SERVERS_TLS_MODE" != none ]]; then
             # The TLS variant: its CA where loadgen's --tls-ca bundle is made from, and
             # implicit TLS on a free port (logged as implicit_tls_addr=).
@@ -601,6 +616,7 @@ docker_start() {
     if [[ "$SERVERS_TLS_MODE" != none ]]; then
         export STAMPEDE_SERVER_ENV="$SERVER_ENV_TLS"
     fi
+    ((LIMITS_PROFILE == 0)) || export STAMPEDE_SERVER_ENV="$(limits_docker_env)"
     # Services beyond N (from an earlier, larger start) are stopped so the count holds.
     local extra=()
     for ((n = SERVERS + 1; n <= MAX_DOCKER_SERVERS; n++)); do extra+=("smtp-server-$n"); done
@@ -919,6 +935,8 @@ ensure_servers() {
 
 on_exit() {
     local status=$?
+    # test-limits' suites, when the script ends before they do (Ctrl-C, an error).
+    ((${#LIMITS_PIDS[@]} == 0)) || kill "${LIMITS_PIDS[@]}" 2>/dev/null || true
     if ((OWNED_SERVERS == 1)); then
         ((status == 0)) || warn "stopping the servers this run started"
         # Keep the logs of a failed run before the containers go, and say where.
@@ -1005,10 +1023,91 @@ cmd_run_custom() {
 }
 
 # ---------------------------------------------------------------------------------
+# test-limits: `loadgen limits` against each server, started with the limits profile.
+
+# The containers' settings: the limits profile with the per-IP limits lifted. A
+# load-generator container connects from one address, so a per-IP limit would trip
+# the global cases; the per-IP cases skip (they need a second address) and say so.
+limits_docker_env() {
+    local env="$STATE_DIR/stress-test-limits-docker.env"
+    mkdir -p "$STATE_DIR"
+    {
+        grep -v -e '^SMTP_MAX_CONNECTIONS_PER_IP=' -e '^SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP=' "$ROOT/$SERVER_ENV_LIMITS"
+        echo "# test-limits under Docker: one source address per generator container"
+        echo "SMTP_MAX_CONNECTIONS_PER_IP=100000"
+        echo "SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP=100000"
+    } >"$env"
+    echo "$env"
+}
+
+# Starts `loadgen limits` against server $1 in the background, its document in $2
+# and its output in $3; its PID in LIMITS_PID (not printed: a command substitution
+# would make it the child of a subshell, which `wait` cannot wait for).
+limits_suite_start() {
+    local n=$1 doc=$2 log=$3
+    case "$BACKEND" in
+        local)
+            "$RELEASE_DIR/loadgen" limits --server "127.0.0.1:$(local_smtp_port "$n")" \
+                --admin "http://127.0.0.1:$(local_admin_port "$n")" -q -o "$doc" >"$log" 2>&1 </dev/null &
+            ;;
+        docker)
+            STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
+                STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
+                compose run --rm -T load-generator limits --server "smtp-server-$n:2525" \
+                --admin "http://smtp-server-$n:8080" -q -o "/$doc" >"$log" 2>&1 </dev/null &
+            ;;
+    esac
+    LIMITS_PID=$!
+}
+
+cmd_test_limits() {
+    choose_backend
+    [[ "$TLS_MODE" == none ]] || usage_error "--tls $TLS_MODE: test-limits checks the plaintext SMTP port"
+    if servers_recorded; then
+        die "servers are running ($(cat "$BACKEND_FILE")), with the stress settings; test-limits starts its own with the limits profile: run 'scripts/stress-test.sh stop' first"
+    fi
+    ensure_binaries
+    LIMITS_PROFILE=1
+    trap on_exit EXIT
+    case "$BACKEND" in
+        local) local_start ;;
+        docker) docker_start ;;
+    esac
+    local run_stamp n docs=() logs=() status failed=0
+    run_stamp="$(stamp)"
+    mkdir -p "$RESULTS_DIR"
+    info "loadgen limits against $SERVERS server(s), in parallel (about a minute)"
+    for ((n = 1; n <= SERVERS; n++)); do
+        docs+=("results/$run_stamp-limits-server$n.json")
+        logs+=("$STATE_DIR/limits-server$n.log")
+        limits_suite_start "$n" "${docs[$((n - 1))]}" "${logs[$((n - 1))]}"
+        LIMITS_PIDS+=("$LIMITS_PID")
+    done
+    for ((n = 1; n <= SERVERS; n++)); do
+        status=0
+        wait "${LIMITS_PIDS[$((n - 1))]}" || status=$?
+        echo
+        info "server $n: loadgen limits exited $status"
+        if [[ -f "${docs[$((n - 1))]}" ]]; then
+            "$RELEASE_DIR/analyze" show "${docs[$((n - 1))]}" || warn "analyze show failed; the document is ${docs[$((n - 1))]}"
+        else
+            cat "${logs[$((n - 1))]}" >&2
+        fi
+        ((status == 0)) || failed=$((failed + 1))
+    done
+    LIMITS_PIDS=()
+    echo
+    if ((failed > 0)); then
+        die "test-limits: the suite failed against $failed of $SERVERS server(s) (documents: results/$run_stamp-limits-server<N>.json)"
+    fi
+    ok "test-limits: every case that ran passed against all $SERVERS server(s) (documents: results/$run_stamp-limits-server<N>.json)"
+}
+
+# ---------------------------------------------------------------------------------
 # Command line: options are read in one place, wherever they stand, and all checked
 # before anything starts.
 
-VERBS=" build start stop clean status logs test-quick test-burst test-sustained test-heavy test-mixed test-all run-custom "
+VERBS=" build start stop clean status logs test-quick test-burst test-sustained test-heavy test-mixed test-all test-limits run-custom "
 
 # Reads the verb and the options before and after it into the globals above. After
 # run-custom, everything belongs to loadgen.
@@ -1141,6 +1240,7 @@ main() {
             cmd_test "${VERB#test-}"
             ;;
         test-all) cmd_test_all ;;
+        test-limits) cmd_test_limits ;;
         run-custom) cmd_run_custom "${LOADGEN_ARGS[@]}" ;;
     esac
 }

@@ -271,14 +271,21 @@ pub fn monitoring(client: &Counters, sources: &[(&str, &Counters, &Counters)]) -
             }
         }
     }
-    let observed = format!(
-        "{checked} counters compared, {} off; the client saw {}",
-        p.len(),
+    let sum = |prefix: &str| -> u64 {
         client
             .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let observed = format!(
+        "{checked} counters compared, {} off (the client saw {} accepted, {} refused, {} messages accepted, {} rejected, {} sessions closed)",
+        p.len(),
+        sum("connections_accepted"),
+        sum("connections_rejected."),
+        sum("messages_accepted"),
+        sum("messages_rejected."),
+        sum("sessions_closed.")
     );
     Judgement::from_problems(observed, p)
 }
