@@ -110,13 +110,13 @@ pub fn per_ip(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
     let n = limit + 10;
     let expected =
         format!("{limit} banners from one address, 421 for the other 10; another address served");
-    bounded(n).map_err(|r| skip(expected.clone(), r))?;
     if ctx.settings.sources.len() < 2 {
         return Err(skip(
             expected,
             "one source address (the system's choice, or one container's): the case needs a second; give --source-ips",
         ));
     }
+    bounded(n).map_err(|r| skip(expected.clone(), r))?;
     if let Some(global) = ctx.expect.max_connections.filter(|g| *g < limit + 1) {
         return Err(skip(
             expected,

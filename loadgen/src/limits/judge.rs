@@ -203,12 +203,11 @@ pub fn timeout(expected_s: f64, end: &Ending) -> Judgement {
         )),
         None => p.push(format!("the session did not end ({})", end.how)),
     }
-    if end.code.is_some() || end.how == CLOSED_WITHOUT_REPLY {
-        if (after - expected_s).abs() > tolerance {
-            p.push(format!(
-                "after {after:.2} s, outside {expected_s:.2} s ± {tolerance:.2} s"
-            ));
-        }
+    let ended = end.code.is_some() || end.how == CLOSED_WITHOUT_REPLY;
+    if ended && (after - expected_s).abs() > tolerance {
+        p.push(format!(
+            "after {after:.2} s, outside {expected_s:.2} s ± {tolerance:.2} s"
+        ));
     }
     Judgement::from_problems(observed, p)
 }

@@ -297,13 +297,12 @@ async fn monitoring_truth(
         ),
         Err(e) => Judgement::fail("no counters", format!("{e:#}")),
     };
-    judgement.into_outcome(
-        case,
-        expected.to_string(),
-        Seen::default(),
-        0,
-        started.elapsed(),
-    )
+    // "Replies seen" here: the client's own count under each counter's name.
+    let mut seen = Seen::default();
+    for (k, v) in &ctx.tally {
+        seen.0.insert(k.clone(), *v);
+    }
+    judgement.into_outcome(case, expected.to_string(), seen, 0, started.elapsed())
 }
 
 /// A case ready to run: what passes, and the driver.

@@ -104,13 +104,13 @@ pub fn per_ip(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
     };
     let expected = expected_text(bucket, true);
     let n = attempts(bucket);
-    check_bounds(n, ctx, &expected)?;
     if ctx.settings.sources.len() < 2 {
         return Err(skip(
             &expected,
             "one source address (the system's choice, or one container's): the case needs a second; give --source-ips",
         ));
     }
+    check_bounds(n, ctx, &expected)?;
     if let Some(global) = ctx.expect.rate.filter(|g| g.count < bucket.count + 2) {
         return Err(skip(
             &expected,

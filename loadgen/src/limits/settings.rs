@@ -239,8 +239,8 @@ pub fn merge(flags: &Expectations, admin: &Expectations) -> Expectations {
         max_recipients: flags.max_recipients.or(admin.max_recipients),
         sources: admin
             .sources
-            .iter()
-            .map(|(k, _)| (k.clone(), "admin".to_string()))
+            .keys()
+            .map(|k| (k.clone(), "admin".to_string()))
             .collect(),
     };
     e.sources.extend(flags.sources.clone());
