@@ -86,6 +86,11 @@ const CONTAINER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// run is counted in the result instead.
 pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result<RunResult> {
     let addrs = resolve(&config).await?;
+    if let Some(sources) = &config.sources {
+        for addr in &addrs {
+            sources.check_reaches(*addr).context("--source-ips")?;
+        }
+    }
     let sessions = config.mode.workers() as usize;
     let tls = TlsClient::new(&config.tls, sessions).context("setting up TLS")?;
     if config.preflight {
@@ -104,6 +109,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let shared = Arc::new(RunShared {
         plan: Plan::new(plan.total, plan.pools.len()),
         addrs,
+        sources: config.sources.clone(),
         settings: load.settings,
         tls,
         logins: config
@@ -188,6 +194,8 @@ impl Stoppers<'_> {
 }
 
 /// Checks every server before the run; the error names the server as given.
+/// With `--source-ips` the check connects from the first address (every address
+/// was bound once already), leaving the round-robin where it starts.
 async fn preflight_all(
     config: &Config,
     addrs: &[SocketAddr],
@@ -197,6 +205,7 @@ async fn preflight_all(
     for (server, (addr, name)) in addrs.iter().zip(&config.servers).enumerate() {
         let dial = Dial {
             addr: *addr,
+            source: config.sources.as_ref().map(|s| s.addrs()[0]),
             server,
             tls: tls.as_ref(),
             login: None,

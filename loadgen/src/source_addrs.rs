@@ -10,7 +10,7 @@
 //!
 //! On Linux the whole of 127.0.0.0/8 answers on `lo`, so tests can use many
 //! sources without configuring anything; elsewhere the addresses must be on an
-//! interface of this host ([`check_bindable`] says which one is not).
+//! interface of this host ([`SourceAddrs::check_local`] names one that is not).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +55,21 @@ pub enum SourceAddrsError {
         this: &'static str,
         first: &'static str,
     },
+    #[error(
+        "{addr} is not an address of this host ({error}); use addresses of its interfaces (on Linux all of 127.0.0.0/8 is on lo)"
+    )]
+    NotLocal { addr: IpAddr, error: String },
+    #[error(
+        "{addr} is {this} but the server {server} is {other}: use addresses of the server's family"
+    )]
+    ServerFamily {
+        addr: IpAddr,
+        this: &'static str,
+        server: SocketAddr,
+        other: &'static str,
+    },
+    #[error("{addr} is a loopback address and cannot reach {server}, which is not one")]
+    LoopbackToRemote { addr: IpAddr, server: SocketAddr },
 }
 
 /// The source addresses of a run and the cursor that deals them out. Clones share
@@ -90,6 +105,39 @@ impl SourceAddrs {
     /// Every address, in the order of the list.
     pub fn addrs(&self) -> &[IpAddr] {
         &self.addrs
+    }
+
+    /// Binds a socket to each address in turn: the first this host does not own
+    /// (`EADDRNOTAVAIL`) is named, before a run rather than as a run of failed
+    /// connections.
+    pub fn check_local(&self) -> Result<(), SourceAddrsError> {
+        for &addr in self.addrs.iter() {
+            check_bindable(addr).map_err(|e| SourceAddrsError::NotLocal {
+                addr,
+                error: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether connections from these addresses can reach `server` at all: the
+    /// same family, and no loopback source for a server off this host.
+    pub fn check_reaches(&self, server: SocketAddr) -> Result<(), SourceAddrsError> {
+        let first = self.addrs[0];
+        if first.is_ipv4() != server.is_ipv4() {
+            return Err(SourceAddrsError::ServerFamily {
+                addr: first,
+                this: family(first),
+                server,
+                other: family(server.ip()),
+            });
+        }
+        if let Some(&addr) = self.addrs.iter().find(|a| a.is_loopback())
+            && !server.ip().is_loopback()
+        {
+            return Err(SourceAddrsError::LoopbackToRemote { addr, server });
+        }
+        Ok(())
     }
 
     /// The address for the next connection, whichever shard opens it.
@@ -250,19 +298,10 @@ pub async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> io::Resul
     }
 }
 
-/// Binds a socket of `family_of`'s family to `source:0` and drops it: tells before
-/// a run whether this host owns the address (`EADDRNOTAVAIL` when it does not).
-pub fn check_bindable(source: IpAddr, family_of: SocketAddr) -> io::Result<()> {
-    if source.is_ipv4() != family_of.is_ipv4() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{source} is {} but the server {family_of} is {}",
-                family(source),
-                family(family_of.ip())
-            ),
-        ));
-    }
+/// Binds a socket to `source:0` and drops it: tells whether this host owns the
+/// address (`EADDRNOTAVAIL` when it does not).
+pub fn check_bindable(source: IpAddr) -> io::Result<()> {
+    let family_of = SocketAddr::new(source, 0);
     socket_from(Some(source), family_of).map(drop)
 }
 
@@ -506,20 +545,41 @@ mod tests {
     }
 
     #[test]
-    fn a_family_that_does_not_match_the_server_is_refused_before_any_socket() {
-        let server: SocketAddr = "[::1]:25".parse().unwrap();
-        let e = check_bindable("127.0.0.2".parse().unwrap(), server).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("127.0.0.2 is IPv4"), "{e}");
+    fn sources_that_cannot_reach_the_server_are_named() {
+        let v6: SocketAddr = "[::1]:25".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.10:25".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        let a = SourceAddrs::parse("127.0.0.2-127.0.0.3").unwrap();
+        let e = a.check_reaches(v6).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "127.0.0.2 is IPv4 but the server [::1]:25 is IPv6: use addresses of the server's family"
+        );
+        let e = a.check_reaches(remote).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "127.0.0.2 is a loopback address and cannot reach 192.0.2.10:25, which is not one"
+        );
+        a.check_reaches(local).unwrap();
     }
 
     #[test]
-    fn an_address_this_host_does_not_own_cannot_be_bound() {
+    fn an_address_this_host_does_not_own_is_named() {
         // TEST-NET-1 (RFC 5737) is never assigned to a host.
-        let server: SocketAddr = "127.0.0.1:25".parse().unwrap();
-        let e = check_bindable("192.0.2.1".parse().unwrap(), server).unwrap_err();
+        let e = check_bindable("192.0.2.1".parse().unwrap()).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
-        check_bindable("127.0.0.3".parse().unwrap(), server).unwrap();
+        check_bindable("127.0.0.3".parse().unwrap()).unwrap();
+        let list = SourceAddrs::parse("127.0.0.2,192.0.2.1,192.0.2.2").unwrap();
+        match list.check_local() {
+            Err(SourceAddrsError::NotLocal { addr, .. }) => {
+                assert_eq!(addr.to_string(), "192.0.2.1")
+            }
+            other => panic!("{other:?}"),
+        }
+        SourceAddrs::parse("127.0.0.0/24")
+            .unwrap()
+            .check_local()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -536,5 +596,21 @@ mod tests {
         let _client = connect_from(None, server).await.unwrap();
         let (_, peer) = listener.accept().await.unwrap();
         assert!(peer.ip().is_loopback());
+    }
+
+    #[tokio::test]
+    async fn connect_from_binds_an_ipv6_source_too() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback on this host: the IPv6 case is not run");
+            return;
+        };
+        let server = listener.local_addr().unwrap();
+        let ip: IpAddr = "::1".parse().unwrap();
+        let sources = SourceAddrs::parse("::1").unwrap();
+        sources.check_local().unwrap();
+        sources.check_reaches(server).unwrap();
+        let client = connect_from(Some(sources.next()), server).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!((peer.ip(), client.local_addr().unwrap().ip()), (ip, ip));
     }
 }

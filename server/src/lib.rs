@@ -183,6 +183,8 @@ pub struct Stats {
     /// Messages refused, by reason (`size`, `connection_memory`, `memory_critical`,
     /// `line_too_long`, `store_error`).
     pub messages_rejected: BTreeMap<String, u64>,
+    /// Recipients refused by a limit, by reason (`max_recipients`).
+    pub recipients_rejected: BTreeMap<String, u64>,
     /// Message content bytes of accepted messages.
     pub bytes_received: u64,
     pub memory: MemoryStats,
@@ -226,6 +228,7 @@ impl Shared {
             sessions_closed: Metrics::by_reason(&m.sessions_closed_by_server),
             messages_accepted: m.messages_accepted.get(),
             messages_rejected: Metrics::by_reason(&m.messages_rejected),
+            recipients_rejected: Metrics::by_reason(&m.recipients_rejected),
             bytes_received: m.bytes_received.get(),
             memory: MemoryStats {
                 level: self.memory.level(),
