@@ -139,7 +139,7 @@ fn limits_main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let quiet_path = settings.output.clone();
+    let document_path = settings.output.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,7 +153,7 @@ fn limits_main() -> ExitCode {
     match runtime.block_on(loadgen::limits::run(settings)) {
         Ok(doc) => {
             print!("{}", doc.table());
-            if let Some(path) = quiet_path {
+            if let Some(path) = document_path {
                 println!("document: {}", path.display());
             }
             if doc.passed() {

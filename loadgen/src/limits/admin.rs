@@ -110,6 +110,15 @@ pub fn expectations(stats: &Value) -> Expectations {
     e
 }
 
+/// The counter families labelled by reason, as `/api/stats` names them (objects) and
+/// `/metrics` (`smtp_<family>_total{reason=...}`).
+const FAMILIES: [&str; 4] = [
+    "connections_rejected",
+    "messages_rejected",
+    "recipients_rejected",
+    "sessions_closed",
+];
+
 /// The counters the monitoring-truth case compares, by name: `connections_accepted`,
 /// `connections_rejected.rate_limit`, `messages_rejected.size`, ...
 pub type Counters = BTreeMap<String, u64>;
@@ -122,11 +131,7 @@ pub fn stats_counters(stats: &Value) -> Counters {
             out.insert(key.to_string(), v);
         }
     }
-    for family in [
-        "connections_rejected",
-        "messages_rejected",
-        "sessions_closed",
-    ] {
+    for family in FAMILIES {
         if let Some(map) = stats.get(family).and_then(Value::as_object) {
             for (reason, v) in map {
                 if let Some(v) = v.as_u64() {
@@ -160,7 +165,7 @@ pub fn metrics_counters(text: &str) -> Counters {
         };
         let key = match (family, labels) {
             ("connections_accepted" | "messages_accepted", None) => family.to_string(),
-            ("connections_rejected" | "messages_rejected" | "sessions_closed", Some(l)) => {
+            (family, Some(l)) if FAMILIES.contains(&family) => {
                 let Some(reason) = label(l, "reason") else {
                     continue;
                 };
@@ -220,12 +225,13 @@ mod tests {
     fn stats_and_metrics_give_the_same_counter_names() {
         let stats = serde_json::json!({"connections_accepted": 3, "messages_accepted": 1,
             "connections_rejected": {"rate_limit": 2}, "messages_rejected": {"size": 1},
-            "sessions_closed": {"idle_timeout": 1}});
+            "sessions_closed": {"idle_timeout": 1}, "recipients_rejected": {"max_recipients": 1}});
         let metrics = "# HELP x\nsmtp_connections_accepted_total 3\n\
             smtp_connections_rejected_total{reason=\"rate_limit\"} 2\n\
             smtp_messages_accepted_total 1\nsmtp_messages_rejected_total{reason=\"size\"} 1\n\
-            smtp_sessions_closed_total{reason=\"idle_timeout\"} 1\nsmtp_active_connections 4\n# EOF\n";
+            smtp_sessions_closed_total{reason=\"idle_timeout\"} 1\nsmtp_active_connections 4\n\
+            smtp_recipients_rejected_total{reason=\"max_recipients\"} 1\n# EOF\n";
         assert_eq!(stats_counters(&stats), metrics_counters(metrics));
-        assert_eq!(stats_counters(&stats).len(), 5);
+        assert_eq!(stats_counters(&stats).len(), 6);
     }
 }

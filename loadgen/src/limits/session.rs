@@ -24,6 +24,8 @@ const MAX_RECIPIENTS_SENT: u64 = 10_000;
 const CHUNK: usize = 64 * 1024;
 
 const SENDER: &str = "MAIL FROM:<limits@stampede.test>";
+/// The recipients case's step beyond the limit.
+const RCPT_EXTRA: &str = "RCPT limit+1";
 
 #[derive(Debug)]
 pub enum Plan {
@@ -202,6 +204,9 @@ fn tally_script(ctx: &mut Ctx<'_>, steps: &[Step], seen: &mut Seen) {
         seen.note(s.heard.clone());
         if s.code == Some(552) {
             ctx.count("messages_rejected.size", 1);
+        }
+        if s.code == Some(452) && s.what == RCPT_EXTRA {
+            ctx.count("recipients_rejected.max_recipients", 1);
         }
         if s.what.ends_with("final dot") && s.code == Some(250) {
             ctx.count("messages_accepted", 1);
