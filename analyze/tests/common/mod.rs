@@ -271,6 +271,7 @@ impl Builder {
             stages: Vec::new(),
             warmup_s: None,
             gates: None,
+            capacity: None,
         }
     }
 
