@@ -1108,13 +1108,13 @@ shape_flags() {
             echo "--mode sustained --rate 1000 --duration ${DURATION_ARG:-30s} --msgs-per-conn 1 --size small --workers 200"
             ;;
         capacity)
-            local extra=""
-            [[ -z "$DURATION_ARG" ]] || extra+=" --step-duration $DURATION_ARG"
-            ((COOLDOWN_SET == 0)) || extra+=" --cooldown ${COOLDOWN_S}s"
+            local timing=""
+            [[ -z "$DURATION_ARG" ]] || timing+=" --step-duration $DURATION_ARG"
+            ((COOLDOWN_SET == 0)) || timing+=" --cooldown ${COOLDOWN_S}s"
             # 400 sessions, as for ramp and spike: a step should meet the server's
             # limit, not the cap on sessions in flight (a step that does is marked
             # generator-saturated and the answer becomes "at least").
-            echo "--mode capacity --slo $SLO$extra --workers 400 --size medium"
+            echo "--mode capacity --slo $SLO$timing --workers 400 --size medium"
             ;;
         *) return 1 ;;
     esac
@@ -1146,13 +1146,13 @@ run_shape() {
 # Runs in the background until run_shape kills it, or until the script ($$ in this
 # subshell too) or the servers' pid file is gone.
 sample_local_memory() {
-    local out=$1 start=$SECONDS n pid port rss
-    echo "t_s,server,rss_kib" >"$out"
+    local samples=$1 start=$SECONDS n pid port rss
+    echo "t_s,server,rss_kib" >"$samples"
     while kill -0 "$$" 2>/dev/null && [[ -f "$PID_FILE" ]]; do
         while read -r n pid port _; do
             is_our_server "$pid" "$port" || continue
             rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)" || continue
-            [[ -n "$rss" ]] && echo "$((SECONDS - start)),smtp-server-$n,$rss" >>"$out"
+            [[ -n "$rss" ]] && echo "$((SECONDS - start)),smtp-server-$n,$rss" >>"$samples"
         done <"$PID_FILE"
         sleep 5
     done
