@@ -10,7 +10,8 @@
 # before or after the verb, fails at once with exit 2 naming the option, before any
 # server starts.
 # Settings: docker/stress-test.toml and .env agree; so do their TLS variant
-# docker/stress-test-tls.toml and .env, which differ from the plain pair only in TLS.
+# docker/stress-test-tls.toml and .env, which differ from the plain pair only in TLS;
+# so do the limits profile's docker/stress-test-limits.toml and .env.
 # TLS (local backend, and Docker where an engine answers): `--tls starttls test-burst
 # --messages 200` and `--tls implicit test-quick`, certificate checking on (the
 # servers' own CAs): every message succeeds over TLS, the result's `tls` key and
@@ -283,8 +284,9 @@ else
     pass "the README's test-quick ran with its defaults and left no server running"
 fi
 
-step "the stress settings: docker/stress-test.toml and .env agree; so do the TLS pair, which adds only TLS"
-python3 - docker/stress-test.toml docker/stress-test.env docker/stress-test-tls.toml docker/stress-test-tls.env <<'EOF' ||
+step "the stress settings: docker/stress-test.toml and .env agree; so do the TLS pair, which adds only TLS, and the limits pair"
+python3 - docker/stress-test.toml docker/stress-test.env docker/stress-test-tls.toml docker/stress-test-tls.env \
+    docker/stress-test-limits.toml docker/stress-test-limits.env <<'EOF' ||
 import sys, tomllib
 
 def read_toml(path):
@@ -310,6 +312,7 @@ def differences(name_a, a, name_b, b):
 
 toml, env, tls_toml, tls_env = (read_toml(sys.argv[1]), read_env(sys.argv[2]),
                                 read_toml(sys.argv[3]), read_env(sys.argv[4]))
+limits_toml, limits_env = read_toml(sys.argv[5]), read_env(sys.argv[6])
 # Per deployment, set by the launchers (see docker/stress-test-tls.toml): only the
 # containers' env file holds them.
 PER_DEPLOYMENT = {"SMTP_TLS_CA_OUT", "SMTP_IMPLICIT_TLS_PORT"}
@@ -320,14 +323,17 @@ problems += [f"stress-test-tls.env lacks {k}" for k in sorted(PER_DEPLOYMENT - s
 is_tls = lambda k: k.startswith("SMTP_TLS_") or k in PER_DEPLOYMENT
 problems += differences("stress-test.toml", toml, "stress-test-tls.toml (outside TLS)",
                         {k: v for k, v in tls_toml.items() if not is_tls(k)})
+# The limits profile stands alone (its values are meant to differ from the stress
+# ones); only its two files must agree.
+problems += differences("stress-test-limits.toml", limits_toml, "stress-test-limits.env", limits_env)
 if tls_toml.get("SMTP_TLS_SELF_SIGNED") != "true":
     problems.append("stress-test-tls.toml does not set tls_self_signed = true")
 for p in problems:
     print("  " + p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
-    fail "the stress settings files differ (docker/stress-test{,-tls}.{toml,env}: change them together)"
-pass "docker/stress-test.toml and .env hold the same settings; docker/stress-test-tls.toml and .env too, the plain ones plus TLS"
+    fail "the stress settings files differ (docker/stress-test{,-tls,-limits}.{toml,env}: change them together)"
+pass "docker/stress-test.toml and .env hold the same settings; docker/stress-test-tls.toml and .env too, the plain ones plus TLS; docker/stress-test-limits.toml and .env too"
 
 step "the README's manual example: smtp-server --config docker/stress-test.toml takes a sustained run from one address"
 # 150 connections in 3 s from one address: more than the production defaults'

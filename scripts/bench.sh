@@ -19,6 +19,15 @@
 #                                off) and 100 per connection, handshake p50/p99, server CPU
 #                                seconds per 10,000 handshakes (interleaved: median and range)
 #   scripts/bench.sh tls-idle    smtp-server RSS with 1,000 idle implicit-TLS connections
+#   scripts/bench.sh limits-cost what resource management costs: the same burst (50 workers,
+#                                10 KiB, one message per connection) against smtp-server with
+#                                the stress settings and with every limit out of reach,
+#                                interleaved, a fresh server per run: msg/s and server CPU per
+#                                message (median and range), then `analyze compare` over the
+#                                runs (BENCH_LIMITS_REPEATS runs a side, default 8;
+#                                BENCH_LIMITS_MESSAGES a run, default 20000); with
+#                                BENCH_LIMITS_PERF=1 also perf's share of the server's CPU
+#                                in admission, memory accounting and timeout timers
 #   scripts/bench.sh all         all of the above
 #
 # Needs release binaries (built here if missing), python3, and for `server`, `loadgen`
@@ -131,9 +140,9 @@ EOF
 }
 
 build() {
-    if [[ ! -x "$BIN/smtp-server" || ! -x "$BIN/loadgen" ]]; then
-        echo "==> cargo build --release -p server -p loadgen" >&2
-        cargo build --release -p server -p loadgen >&2
+    if [[ ! -x "$BIN/smtp-server" || ! -x "$BIN/loadgen" || ! -x "$BIN/analyze" ]]; then
+        echo "==> cargo build --release -p server -p loadgen -p analyze" >&2
+        cargo build --release -p server -p loadgen -p analyze >&2
     fi
 }
 
@@ -430,6 +439,151 @@ EOF
         "$(((after - before) * 1024 / 1000)) bytes per connection"
 }
 
+# Every limit smtp-server has, out of reach of any run here (SMTP_* settings on top of
+# the stress settings): what is left is the bookkeeping itself.
+LIMITS_OUT_OF_REACH=(
+    SMTP_MAX_CONNECTIONS=1000000 SMTP_MAX_CONNECTIONS_PER_IP=1000000
+    SMTP_MAX_REQUESTS_PER_WINDOW=4294967295 SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP=4294967295
+    SMTP_RATE_LIMIT_WINDOW=1s SMTP_MAX_MESSAGE_SIZE=1024GiB SMTP_MAX_RECIPIENTS=1000000
+    SMTP_PER_CONNECTION_MEMORY_LIMIT=1024GiB SMTP_MAX_MEMORY_USAGE=1024GiB
+    SMTP_CONNECTION_TIMEOUT=1h SMTP_IDLE_TIMEOUT=1h SMTP_SESSION_TIMEOUT=1h
+)
+
+# smtp-server on $1 with exactly the stress settings of docker/stress-test.env, plus
+# the SMTP_* assignments given after the port; prints its PID.
+start_stress_server() {
+    local port=$1
+    shift
+    (
+        set -a
+        # shellcheck disable=SC1091
+        source docker/stress-test.env
+        set +a
+        exec env "$@" SMTP_PORT="$port" SMTP_ADMIN_PORT=0 SMTP_BIND=127.0.0.1 \
+            "${SERVER_WRAP[@]}" "$BIN/smtp-server" >"$OUT/server-$port.log" 2>&1
+    ) &
+    echo $!
+}
+
+# One limits-cost run's figures from its result file: "msg/s successful p99_ms".
+limits_cost_figures() {
+    python3 - "$1" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+lat = m.get("latency_ms") or {}
+print("%.1f %d %.3f" % (m["messages_per_second"], m["successful_messages"], lat.get("p99", 0)))
+EOF
+}
+
+# The cost of resource management. Both sides run the same code (admission, the
+# memory budget and the timeouts have no off switch): one with the stress settings,
+# whose limits a 50-worker burst stays inside, one with every limit out of reach, so
+# any difference is what the limits in reach cost. Each run gets a fresh server on the
+# same port (so `analyze compare` sees one target), the sides alternate A B, B A, ...
+# so that a drifting machine spreads over both, and the load average is logged per
+# run: other work on the machine shows as noise, not as a difference.
+bench_limits_cost() {
+    local n="${BENCH_LIMITS_MESSAGES:-20000}" repeats="${BENCH_LIMITS_REPEATS:-8}"
+    local port pid i side cpu0 cpu1 file load order us
+    local -a r
+    echo "== limits-cost: smtp-server, 50 workers, 10 KiB, 1 message per connection, $n messages" \
+        "a run, $repeats runs a side (A B, B A, ...), a fresh server per run"
+    port=$(free_port)
+    mkdir -p "$OUT/limits-cost"
+    rm -f "$OUT"/limits-cost/*
+    printf '%-4s %-10s %10s %12s %10s %8s %7s\n' run side msg/s "srv µs/msg" p99_ms ok load1
+    for ((i = 1; i <= repeats; i++)); do
+        order="stress unlimited"
+        ((i % 2 == 0)) && order="unlimited stress"
+        for side in $order; do
+            if [[ $side == stress ]]; then
+                pid=$(start_stress_server "$port")
+            else
+                pid=$(start_stress_server "$port" "${LIMITS_OUT_OF_REACH[@]}")
+            fi
+            PIDS+=("$pid")
+            wait_port "$port"
+            load=$(cut -d' ' -f1 /proc/loadavg)
+            file="$OUT/limits-cost/$side-$i.json"
+            cpu0=$(cpu_s "$pid")
+            "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$file" \
+                --messages "$n" --workers 50 --size 10240 --msgs-per-conn 1 >/dev/null ||
+                echo "warning: loadgen exited $? ($side run $i)" >&2
+            cpu1=$(cpu_s "$pid")
+            stop "$pid"
+            read -r -a r < <(limits_cost_figures "$file")
+            ((r[1] == n)) || echo "warning: $side run $i: ${r[1]} of $n messages succeeded" >&2
+            us=$(echo "$cpu1 $cpu0 ${r[1]}" | awk '{ printf "%.1f", ($1 - $2) * 1e6 / $3 }')
+            echo "$side $i ${r[0]} $us ${r[2]} ${r[1]} $load" >>"$OUT/limits-cost/runs.txt"
+            printf '%-4s %-10s %10.0f %12s %10s %8s %7s\n' "$i" "$side" "${r[0]}" "$us" "${r[2]}" "${r[1]}" "$load"
+        done
+    done
+    python3 - "$OUT/limits-cost/runs.txt" <<'EOF'
+import os, statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+side = lambda s, i: [float(r[i]) for r in rows if r[0] == s]
+for name, i in (("msg/s", 2), ("server CPU µs/msg", 3), ("p99 ms", 4)):
+    a, b = side("stress", i), side("unlimited", i)
+    ma, mb = statistics.median(a), statistics.median(b)
+    print("%-18s stress %8.1f (%.1f-%.1f)   out of reach %8.1f (%.1f-%.1f)   stress vs out of reach %+.1f%%" % (
+        name, ma, min(a), max(a), mb, min(b), max(b), 100 * (ma - mb) / mb))
+loads = [float(r[6]) for r in rows]
+print("load average (1 min) at the runs' starts: %.2f-%.2f on %d cores" % (min(loads), max(loads), os.cpu_count()))
+EOF
+    echo "-- analyze compare --base <every limit out of reach> --new <stress settings> --threshold 5%"
+    "$BIN/analyze" compare --base "$OUT"/limits-cost/unlimited-*.json \
+        --new "$OUT"/limits-cost/stress-*.json --threshold 5% ||
+        echo "(analyze compare exited $?: a figure is worse with the stress limits by more than 5%;" \
+            "significantly so only where its p is below 0.05)"
+}
+
+# Where resource management shows in a profile: one stress-settings run of the same
+# burst under `perf record`, then the share of the server's CPU samples spent in
+# (and below) admission, the connection permit, memory accounting and the timeout
+# timers. Inclusive shares of separate call paths, so their sum is an estimate.
+limits_cost_profile() {
+    need perf "apt-get install linux-perf"
+    local n="${BENCH_LIMITS_MESSAGES:-20000}" port pid perf_pid
+    echo "== limits-cost profile: perf record of smtp-server (stress settings) during one run of the same burst"
+    port=$(free_port)
+    pid=$(start_stress_server "$port"); PIDS+=("$pid")
+    wait_port "$port"
+    perf record -F 999 -g --call-graph dwarf,16384 -p "$pid" -o "$OUT/limits-cost.perf" \
+        >"$OUT/perf-record.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+    "$BIN/loadgen" --servers "127.0.0.1:$port" --quiet --no-preflight -o "$OUT/limits-cost-perf.json" \
+        --messages "$n" --workers 50 --size 10240 --msgs-per-conn 1 >/dev/null ||
+        echo "warning: loadgen exited $? (profiled run)" >&2
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" || true
+    stop "$pid"
+    perf report -i "$OUT/limits-cost.perf" --children --stdio -g none --percent-limit 0 \
+        --sort symbol 2>/dev/null | python3 -c '
+import re, sys
+PARTS = [
+    ("admission: Admission::admit", r"\] server::admission::Admission::admit$"),
+    ("admission: ConnectionPermit drop", r"\] <server::admission::ConnectionPermit as core::ops::drop::Drop>::drop$"),
+    ("memory accounting: InputBuffer::sync_charge", r"\] (server::input::InputBuffer::)?sync_charge( \(inlined\))?$"),
+    ("memory accounting: MemoryCharge drop", r"\] <server::memory::MemoryCharge as core::ops::drop::Drop>::drop$"),
+    ("timeouts: Sleep::poll", r"\] <tokio::time::sleep::Sleep as core::future::future::Future>::poll$"),
+    ("timeouts: Sleep::new_timeout", r"\] tokio::time::sleep::Sleep::new_timeout$"),
+    ("timeouts: Sleep drop", r"\] (core::ptr::)?drop_in_place<core::option::Option<tokio::time::sleep::Sleep>>( \(inlined\))?$"),
+]
+rows = {}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+(\[.\] .*?)\s*(-\s+-\s*)?$", line)
+    if not m:
+        continue
+    for name, pattern in PARTS:
+        if re.search(pattern, m.group(2)):
+            rows[name] = max(rows.get(name, 0.0), float(m.group(1)))
+for name, _ in PARTS:
+    print("%-46s %6.2f%%" % (name, rows.get(name, 0.0)))
+print("%-46s %6.2f%% of the server'"'"'s CPU samples" % ("together (estimate)", sum(rows.values())))
+'
+}
+
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 build
 case "${1:-}" in
@@ -441,6 +595,11 @@ case "${1:-}" in
     memory) bench_memory ;;
     tls) bench_tls ;;
     tls-idle) bench_tls_idle ;;
-    all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory; bench_tls; bench_tls_idle ;;
-    *) sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    all) bench_server; bench_idle; bench_loadgen; bench_generator; bench_rates; bench_memory; bench_tls; bench_tls_idle
+        bench_limits_cost ;;
+    limits-cost)
+        bench_limits_cost
+        if [[ "${BENCH_LIMITS_PERF:-0}" == 1 ]]; then limits_cost_profile; fi
+        ;;
+    *) sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

@@ -413,6 +413,9 @@ fn run_tables(r: &RunResult) -> Vec<Table> {
     if !r.per_server.is_empty() {
         t.push(tables::per_server_table(r));
     }
+    if !r.per_source.is_empty() {
+        t.push(crate::sources::source_table(&r.per_source));
+    }
     if !m.replies.is_empty() || !m.error_breakdown.is_empty() {
         t.push(tables::reply_table(r));
     }

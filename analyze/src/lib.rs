@@ -3,6 +3,7 @@
 //!
 //! - [`catalog`](Catalog): finding and loading result files.
 //! - tables ([`show_table`], [`list_table`], [`summary_table`]): one result or many, as text.
+//!   `sources`: the per-source-address table of `show` (`loadgen --source-ips`).
 //! - [`compare`]: a baseline against a candidate, figure by figure, with a
 //!   Mann-Whitney U test for repeated runs ([`u_test`]).
 //! - [`evaluate_gates`]: absolute gates on one result (the grammar is
@@ -24,6 +25,7 @@ mod html;
 mod merge;
 mod output;
 mod significance;
+mod sources;
 mod tables;
 
 pub use catalog::{Catalog, Entry, load};

@@ -14,8 +14,8 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use report::{
     Histograms, HostInfo, LatencyHistogram, LatencySummary, Metrics, RunInfo, RunResult, SCHEMA_V1,
-    ServerMetrics, TimelinePoint, TlsSummary, decode_histogram, encode_histogram, format_timestamp,
-    new_latency_histogram,
+    ServerMetrics, SourceMetrics, TimelinePoint, TlsSummary, decode_histogram, encode_histogram,
+    format_timestamp, new_latency_histogram,
 };
 
 /// Adds decoded histograms into one.
@@ -75,6 +75,7 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         generator_saturated: inputs.iter().any(|(_, r)| r.generator_saturated),
         run: Some(merged_run_info(inputs)),
         per_server,
+        per_source: merge_sources(inputs),
         timeline: merge_timelines(inputs, &span.offsets),
         timeline_bucket_s: Some(merged_bucket_s(inputs)),
         histograms: Some(sums.encode(server_hists)?),
@@ -88,6 +89,25 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         capacity: None,
     };
     Ok((merged, notes))
+}
+
+/// The per-source counts of every input, summed by address (generators on one
+/// host with the same `--source-ips` share addresses), in address order.
+fn merge_sources(inputs: &[(PathBuf, RunResult)]) -> Vec<SourceMetrics> {
+    let mut by_address: BTreeMap<&str, SourceMetrics> = BTreeMap::new();
+    for s in inputs.iter().flat_map(|(_, r)| &r.per_source) {
+        by_address
+            .entry(s.address.as_str())
+            .or_insert_with(|| SourceMetrics {
+                address: s.address.clone(),
+                ..Default::default()
+            })
+            .add(s);
+    }
+    let mut merged: Vec<SourceMetrics> = by_address.into_values().collect();
+    // Numeric order (127.0.0.9 before 127.0.0.10) where the addresses parse.
+    merged.sort_by_key(|s| s.address.parse::<std::net::IpAddr>().ok());
+    merged
 }
 
 /// Per-stage figures are not merged yet: the key is left out, with a note,

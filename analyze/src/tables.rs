@@ -242,6 +242,9 @@ fn show_figures(out: &mut String, r: &RunResult) {
     if !r.per_server.is_empty() {
         let _ = writeln!(out, "{}", server_table(r));
     }
+    if !r.per_source.is_empty() {
+        let _ = writeln!(out, "{}", crate::sources::source_table(&r.per_source));
+    }
     if !m.replies.is_empty() || !m.error_breakdown.is_empty() {
         let _ = writeln!(out, "{}", reply_table(r));
     }

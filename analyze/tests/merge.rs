@@ -228,3 +228,62 @@ fn merging_tls_runs_adds_up_their_handshakes_and_drops_a_mixed_set() {
     assert!(report::load(&out_path).unwrap().tls.is_none());
     assert!(out.stderr.contains("tls dropped"), "{}", out.stderr);
 }
+
+#[test]
+fn per_source_counts_add_up_by_address_and_show_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = whole();
+    let source = |address: &str, connections: u64, refused_421: u64| report::SourceMetrics {
+        address: address.into(),
+        connections,
+        banners: connections - refused_421,
+        refused_421,
+        ..Default::default()
+    };
+    let save = |keep: fn(usize) -> bool, host: &str, sources: Vec<report::SourceMetrics>| {
+        let mut r = part(&whole, keep, host).build();
+        r.per_source = sources;
+        let path = dir.path().join(format!("{host}.json"));
+        r.save(&path).unwrap();
+        path
+    };
+    // Two generators on one host share 127.0.0.10; each has one of its own.
+    let a = save(
+        |i| i % 2 == 0,
+        "gen-1",
+        vec![source("127.0.0.9", 5, 0), source("127.0.0.10", 5, 1)],
+    );
+    let b = save(
+        |i| i % 2 == 1,
+        "gen-2",
+        vec![source("127.0.0.10", 4, 2), source("127.0.0.11", 4, 0)],
+    );
+    let out_path = dir.path().join("sources-merged.json");
+    let out = analyze(&["merge", s(&a), s(&b), "-o", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let merged = report::load(&out_path).unwrap().per_source;
+    assert_eq!(
+        merged,
+        vec![
+            source("127.0.0.9", 5, 0),
+            source("127.0.0.10", 9, 3),
+            source("127.0.0.11", 4, 0)
+        ],
+        "summed by address, in numeric order"
+    );
+
+    let out = analyze(&["show", s(&out_path)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        common::row(&out.stdout, "127.0.0.10"),
+        ["127.0.0.10", "9", "6", "3", "0", "0"],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        common::row(&out.stdout, "total (3 addresses)"),
+        ["total (3 addresses)", "18", "15", "3", "0", "0"],
+        "{}",
+        out.stdout
+    );
+}

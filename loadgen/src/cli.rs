@@ -209,6 +209,15 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_THREADS", default_value_t = 0)]
     pub threads: usize,
 
+    /// Bind each new connection to the next of these local addresses, round-robin
+    /// over the whole run: a comma list of addresses (`127.0.0.5`), ranges
+    /// (`127.0.0.2-127.0.0.40`) and CIDR blocks (`127.0.0.0/28`), one family, at
+    /// most 65536. Every address is checked before the run; on Linux all of
+    /// 127.0.0.0/8 is on `lo`. The result counts connections per address
+    /// (`per_source`).
+    #[arg(long, env = "LOADGEN_SOURCE_IPS", value_name = "SPEC")]
+    pub source_ips: Option<String>,
+
     /// Skip the check, before the run, that every server answers with a 220 banner.
     #[arg(long, env = "LOADGEN_NO_PREFLIGHT")]
     pub no_preflight: bool,

@@ -11,7 +11,7 @@
 //! TLS is a layer under it ([`crate::tls`]), put in after the connect (implicit
 //! TLS) or after STARTTLS.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use report::Phase;
@@ -25,6 +25,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::auth::Login;
 use crate::cli::AuthMechanism;
+use crate::source_addrs::connect_from;
 use crate::tls::{Handshake, TlsClient, TlsStart};
 
 /// Longest reply line we accept (RFC 5321 4.5.3.1.5: 512 octets; be lenient).
@@ -306,6 +307,9 @@ impl Extensions {
 /// run uses TLS) and the login for this connection (when it uses AUTH).
 pub struct Dial<'a> {
     pub addr: SocketAddr,
+    /// The local address to connect from (`--source-ips`); `None`: the kernel's
+    /// choice.
+    pub source: Option<IpAddr>,
     /// The server's index in the run, which picks its TLS name.
     pub server: usize,
     pub tls: Option<&'a TlsClient>,
@@ -347,7 +351,7 @@ impl Connection {
         t: &mut PhaseTimings,
         handshake: &mut Option<Handshake>,
     ) -> Result<Connection, Failure> {
-        let tcp = connect(dial.addr, s.timeout, t).await?;
+        let tcp = connect(dial.source, dial.addr, s.timeout, t).await?;
         let Some(tls) = dial.tls else {
             let mut c = SmtpConnection::new(tcp, s.timeout);
             let ext = c.greet(cmds, t).await?;
@@ -419,15 +423,17 @@ impl Connection {
     }
 }
 
-/// The TCP connection, timed as the `connect` phase.
+/// The TCP connection from `source` (any local address when `None`), timed as
+/// the `connect` phase.
 async fn connect(
+    source: Option<IpAddr>,
     addr: SocketAddr,
     limit: Duration,
     t: &mut PhaseTimings,
 ) -> Result<TcpStream, Failure> {
     let start = Instant::now();
     let stream = timed(limit, Phase::Connect, async {
-        TcpStream::connect(addr).await.map_err(io)
+        connect_from(source, addr).await.map_err(io)
     })
     .await?;
     let _ = stream.set_nodelay(true);

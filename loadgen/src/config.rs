@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::auth::{Credential, read_auth_file};
 use crate::cli::{Args, ArrivalsArg, AuthMechanism, ModeArg, OnOff, TlsMode};
+use crate::source_addrs::SourceAddrs;
 use crate::timetable::{Arrivals, RateCurve};
 use crate::tls::{TlsSettings, read_ca_file, server_name};
 
@@ -373,6 +374,12 @@ pub struct Config {
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
     pub preflight: bool,
+    /// `--source-ips`, as given; absent from `run.config` when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ips: Option<String>,
+    /// The addresses of `--source-ips`, dealt out round-robin.
+    #[serde(skip)]
+    pub sources: Option<SourceAddrs>,
     /// Runtime threads (0 = one per core).
     pub threads: usize,
     pub tls: TlsSettings,
@@ -893,6 +900,18 @@ impl Config {
             .iter()
             .map(|g| report::Gate::parse(g).map_err(|e| invalid("require", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        let sources = a
+            .source_ips
+            .as_deref()
+            .map(|spec| {
+                let sources = SourceAddrs::parse(spec)?;
+                sources.check_local()?;
+                Ok(sources)
+            })
+            .transpose()
+            .map_err(|e: crate::source_addrs::SourceAddrsError| {
+                invalid("source-ips", e.to_string())
+            })?;
         let monitor_containers = a
             .monitor_containers
             .iter()
@@ -920,6 +939,8 @@ impl Config {
             late_tolerance,
             drain_timeout,
             preflight: !a.no_preflight,
+            source_ips: a.source_ips.map(|s| s.trim().to_string()),
+            sources,
             threads: a.threads,
             tls,
             auth,

@@ -33,6 +33,7 @@ mod require;
 mod result;
 mod runtime;
 mod schedule;
+mod source_addrs;
 mod stats;
 mod timetable;
 mod tls;
@@ -53,6 +54,9 @@ pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
 pub use require::table as gates_table;
 pub use runtime::main_runtime;
+pub use source_addrs::{
+    MAX_SOURCE_ADDRS, SourceAddrs, SourceAddrsError, check_bindable, connect_from,
+};
 
 use crate::auth::Logins;
 use crate::client::{
@@ -97,6 +101,11 @@ async fn run_with_id(
     run_id: &str,
 ) -> anyhow::Result<RunResult> {
     let addrs = resolve(&config).await?;
+    if let Some(sources) = &config.sources {
+        for addr in &addrs {
+            sources.check_reaches(*addr).context("--source-ips")?;
+        }
+    }
     let sessions = config.mode.workers() as usize;
     let tls = TlsClient::new(&config.tls, sessions).context("setting up TLS")?;
     if config.preflight {
@@ -114,6 +123,7 @@ async fn run_with_id(
     let shared = Arc::new(RunShared {
         plan: Plan::new(plan.total, plan.pools.len()),
         addrs,
+        sources: config.sources.clone(),
         settings: load.settings,
         tls,
         logins: config
@@ -198,6 +208,8 @@ impl Stoppers<'_> {
 }
 
 /// Checks every server before the run; the error names the server as given.
+/// With `--source-ips` the check connects from the first address (every address
+/// was bound once already), leaving the round-robin where it starts.
 async fn preflight_all(
     config: &Config,
     addrs: &[SocketAddr],
@@ -207,6 +219,7 @@ async fn preflight_all(
     for (server, (addr, name)) in addrs.iter().zip(&config.servers).enumerate() {
         let dial = Dial {
             addr: *addr,
+            source: config.sources.as_ref().map(|s| s.addrs()[0]),
             server,
             tls: tls.as_ref(),
             login: None,

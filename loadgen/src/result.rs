@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use report::{
     GeneratorUsage, Histograms, HostInfo, LatencySummary, Metrics, Phase, RunInfo, RunResult,
-    SCHEMA_V1, ServerMetrics, StageHistograms, StageSummary, TlsSummary, encode_histogram,
-    format_timestamp,
+    SCHEMA_V1, ServerMetrics, SourceMetrics, StageHistograms, StageSummary, TlsSummary,
+    encode_histogram, format_timestamp,
 };
 
 use crate::cli::TlsMode;
@@ -178,6 +178,24 @@ fn stage_summaries(c: &Config, stats: &Stats) -> anyhow::Result<Vec<StageSummary
         .collect()
 }
 
+/// The result's `per_source` key: every source address that opened a connection
+/// (none without `--source-ips`).
+fn per_source(stats: &Stats) -> Vec<SourceMetrics> {
+    stats
+        .sources
+        .iter()
+        .map(|(ip, c)| SourceMetrics {
+            address: ip.to_string(),
+            connections: c.connections,
+            banners: c.banners,
+            refused_421: c.refused_421,
+            refused_other: c.refused_other,
+            connect_failed: c.connect_failed,
+            unanswered: c.unanswered,
+        })
+        .collect()
+}
+
 pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let c = f.config;
     // The figures cover the run after its warmup; the timeline covers it all.
@@ -242,6 +260,8 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
             error_breakdown: breakdown(&s.counts.errors),
         })
         .collect();
+
+    let per_source = per_source(stats);
 
     let histograms = Histograms {
         total: encode(&stats.total)?,
@@ -312,6 +332,7 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
             generator: Some(generator),
         }),
         per_server,
+        per_source,
         timeline,
         timeline_bucket_s: Some(bucket.as_secs_f64()),
         histograms: Some(histograms),

@@ -13,13 +13,16 @@
 //! - what each TLS handshake negotiated, counted by version and cipher suite.
 //! - per bucket of time (by completion time; one second, or less in a short run)
 //!   for the timeline, per server for `per_server`.
+//! - with `--source-ips`, each new connection by its source address and by how
+//!   the server greeted it, for `per_source`.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use report::{LatencyHistogram, Phase, new_latency_histogram, record_latency};
 
-use crate::client::{ErrorKey, Failure, PhaseTimings, micros};
+use crate::client::{ErrorKey, Failure, FailureKind, PhaseTimings, micros};
 use crate::tls::Handshake;
 
 /// What happened to one message.
@@ -41,6 +44,75 @@ pub struct MessageRecord {
     pub late: bool,
     /// The TLS handshake of the connection this message opened, if it did one.
     pub handshake: Option<Handshake>,
+    /// The source address of the connection this message opened, when it opened
+    /// one and the run has `--source-ips`.
+    pub source: Option<IpAddr>,
+}
+
+/// How the server met one new connection, as `per_source` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// A 220 banner.
+    Banner,
+    /// A 421 in place of the banner: a limit refused the connection.
+    Refused421,
+    /// Another code in place of the banner, garbage, or a close without any.
+    RefusedOther,
+    /// The TCP connect itself failed (refused, timed out, no route).
+    ConnectFailed,
+    /// No banner before the timeout or the drain time, or an implicit-TLS
+    /// handshake that failed before any banner.
+    Unanswered,
+}
+
+impl Greeting {
+    /// The greeting of the connection a message opened, from how far it got
+    /// (`timings` tell whether a banner was read before a TLS failure: STARTTLS
+    /// comes after it, implicit TLS before).
+    pub fn of(timings: &PhaseTimings, outcome: &Result<u16, Failure>) -> Greeting {
+        let Err(f) = outcome else {
+            return Greeting::Banner;
+        };
+        match (f.phase, f.kind) {
+            (Phase::Connect, _) => Greeting::ConnectFailed,
+            (Phase::Banner, FailureKind::Reply(421)) => Greeting::Refused421,
+            (
+                Phase::Banner,
+                FailureKind::Reply(_)
+                | FailureKind::ConnectionClosed
+                | FailureKind::ConnectionReset
+                | FailureKind::Protocol,
+            ) => Greeting::RefusedOther,
+            (Phase::Banner, _) => Greeting::Unanswered,
+            (Phase::Tls, _) if timings.get(Phase::Banner).is_none() => Greeting::Unanswered,
+            // Every later phase follows a 220.
+            _ => Greeting::Banner,
+        }
+    }
+}
+
+/// The connections of one source address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub connections: u64,
+    pub banners: u64,
+    pub refused_421: u64,
+    pub refused_other: u64,
+    pub connect_failed: u64,
+    pub unanswered: u64,
+}
+
+impl SourceCounts {
+    fn add(&mut self, g: Greeting) {
+        self.connections += 1;
+        *match g {
+            Greeting::Banner => &mut self.banners,
+            Greeting::Refused421 => &mut self.refused_421,
+            Greeting::RefusedOther => &mut self.refused_other,
+            Greeting::ConnectFailed => &mut self.connect_failed,
+            Greeting::Unanswered => &mut self.unanswered,
+        } += 1;
+    }
 }
 
 /// Counters of a run or of one server.
@@ -280,6 +352,8 @@ pub struct Stats {
     pub tls: TlsTally,
     /// Stages mode: one entry per stage, the warmup left out as everywhere.
     pub stages: Vec<StageStats>,
+    /// `--source-ips`: the connections opened from each address.
+    pub sources: BTreeMap<IpAddr, SourceCounts>,
     /// Messages due before `origin + warmup` only count in the timeline.
     warmup: Duration,
     /// One-second buckets, for any run.
@@ -309,6 +383,7 @@ impl Stats {
             last_completion: None,
             tls: TlsTally::default(),
             stages: Vec::new(),
+            sources: BTreeMap::new(),
             warmup: Duration::ZERO,
             timeline: Timeline::new(Duration::from_secs(1), None),
             short_timelines: SHORT_RUN_WIDTHS_MS
@@ -371,6 +446,12 @@ impl Stats {
         }
         if let Some(h) = &r.handshake {
             self.tls.add(h);
+        }
+        if let Some(ip) = r.source {
+            self.sources
+                .entry(ip)
+                .or_default()
+                .add(Greeting::of(&r.timings, &r.outcome));
         }
         self.bytes_sent += r.bytes;
         self.late_sends += u64::from(r.late);
@@ -435,6 +516,7 @@ mod tests {
             bytes: 100,
             late: false,
             handshake: None,
+            source: None,
         }
     }
 
@@ -503,5 +585,88 @@ mod tests {
         assert_eq!(t.iter().map(|p| p.sent).sum::<u64>(), 330);
         assert_eq!((t[0].sent, t[0].ok, t[2].ok, t[31].ok), (11, 0, 11, 11));
         assert!(t[2].p50_ms >= 2.0 && t[2].p99_ms < 3.0, "{:?}", t[2]);
+    }
+
+    #[test]
+    fn a_new_connection_is_counted_by_how_the_server_greeted_it() {
+        use crate::client::TlsFailure;
+        let at = |phase, kind| Err(Failure { phase, kind });
+        let rows = [
+            (Ok(250), Greeting::Banner),
+            (
+                at(Phase::Connect, FailureKind::ConnectionRefused),
+                Greeting::ConnectFailed,
+            ),
+            (
+                at(Phase::Connect, FailureKind::Timeout),
+                Greeting::ConnectFailed,
+            ),
+            (
+                at(Phase::Banner, FailureKind::Reply(421)),
+                Greeting::Refused421,
+            ),
+            (
+                at(Phase::Banner, FailureKind::Reply(554)),
+                Greeting::RefusedOther,
+            ),
+            (
+                at(Phase::Banner, FailureKind::ConnectionClosed),
+                Greeting::RefusedOther,
+            ),
+            (
+                at(Phase::Banner, FailureKind::ConnectionReset),
+                Greeting::RefusedOther,
+            ),
+            (
+                at(Phase::Banner, FailureKind::Timeout),
+                Greeting::Unanswered,
+            ),
+            (
+                at(Phase::Banner, FailureKind::Aborted),
+                Greeting::Unanswered,
+            ),
+            (
+                at(Phase::Tls, FailureKind::Tls(TlsFailure::Handshake)),
+                Greeting::Unanswered,
+            ),
+            (at(Phase::Ehlo, FailureKind::Reply(421)), Greeting::Banner),
+            (at(Phase::Rcpt, FailureKind::Reply(550)), Greeting::Banner),
+        ];
+        let none = PhaseTimings::default();
+        for (outcome, want) in rows {
+            assert_eq!(Greeting::of(&none, &outcome), want, "{outcome:?}");
+        }
+        // STARTTLS fails after the banner, implicit TLS before it.
+        let mut greeted = PhaseTimings::default();
+        greeted.0[Phase::Banner.index()] = Some(300);
+        let handshake = at(Phase::Tls, FailureKind::Tls(TlsFailure::Handshake));
+        assert_eq!(Greeting::of(&greeted, &handshake), Greeting::Banner);
+    }
+
+    #[test]
+    fn connections_are_counted_per_source_and_reused_ones_are_not() {
+        let o = Instant::now();
+        let mut s = Stats::new(o, 1, false);
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let refused = Err(Failure {
+            phase: Phase::Banner,
+            kind: FailureKind::Reply(421),
+        });
+        for (source, outcome) in [
+            (Some(a), Ok(250)),
+            (None, Ok(250)),
+            (Some(b), refused),
+            (Some(a), Ok(250)),
+        ] {
+            s.record(&MessageRecord {
+                source,
+                ..rec(o, 0, 1, outcome)
+            });
+        }
+        assert_eq!(s.sources.len(), 2);
+        let ca = s.sources[&a];
+        assert_eq!((ca.connections, ca.banners, ca.refused_421), (2, 2, 0));
+        let cb = s.sources[&b];
+        assert_eq!((cb.connections, cb.banners, cb.refused_421), (1, 0, 1));
     }
 }

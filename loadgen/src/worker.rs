@@ -8,7 +8,7 @@
 //! counts it as `aborted`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::client::{
 };
 use crate::message::{DateClock, MessageFactory};
 use crate::schedule::{Gate, Plan, Slot};
+use crate::source_addrs::SourceAddrs;
 use crate::stats::{MessageRecord, Stats};
 use crate::tls::{Handshake, TlsClient};
 
@@ -34,6 +35,8 @@ const MAX_IDLE_REUSE: Duration = Duration::from_secs(10);
 pub struct RunShared {
     pub plan: Plan,
     pub addrs: Vec<SocketAddr>,
+    /// `--source-ips`: each new connection is bound to the next of these.
+    pub sources: Option<SourceAddrs>,
     pub settings: ClientSettings,
     /// The run's TLS client, when it uses TLS.
     pub tls: Option<TlsClient>,
@@ -139,8 +142,15 @@ impl Worker {
         let mut timings = PhaseTimings::default();
         let mut handshake = None;
         let reused = self.conn.is_some();
+        // Drawn here rather than at the connect, so a message the drain time cuts
+        // mid-connect is still counted against its source address.
+        let source = if reused {
+            None
+        } else {
+            shared.sources.as_ref().map(SourceAddrs::next)
+        };
         let outcome = tokio::select! {
-            r = self.send(body_index, &mut timings, &mut handshake) => Some(r),
+            r = self.send(body_index, source, &mut timings, &mut handshake) => Some(r),
             _ = shared.abort.cancelled() => None,
         };
         let finished = Instant::now();
@@ -172,6 +182,7 @@ impl Worker {
             bytes,
             late,
             handshake,
+            source,
         }
     }
 
@@ -216,11 +227,13 @@ impl Worker {
 
     /// One message on the current connection (opening one when needed, with TLS
     /// and AUTH as the run asks: once per connection), and the connection's QUIT
-    /// when the message is its last. The wait for the server to close is left in
-    /// `closing`, for after the message is recorded.
+    /// when the message is its last. A new connection is opened from `source`
+    /// when there is one. The wait for the server to close is left in `closing`,
+    /// for after the message is recorded.
     async fn send(
         &mut self,
         body_index: usize,
+        source: Option<IpAddr>,
         t: &mut PhaseTimings,
         handshake: &mut Option<Handshake>,
     ) -> Result<u16, Failure> {
@@ -229,6 +242,7 @@ impl Worker {
         if self.conn.is_none() {
             let dial = Dial {
                 addr: shared.addrs[self.server],
+                source,
                 server: self.server,
                 tls: shared.tls.as_ref(),
                 login: shared.logins.as_ref().map(Logins::next),

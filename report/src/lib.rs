@@ -63,6 +63,11 @@ pub struct RunResult {
     pub run: Option<RunInfo>,
     #[serde(default)]
     pub per_server: Vec<ServerMetrics>,
+    /// `loadgen --source-ips`: the connections opened from each local address
+    /// that opened any, and how the server answered them; absent otherwise and in
+    /// older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_source: Vec<SourceMetrics>,
     /// One point per bucket of the run, in order.
     #[serde(default)]
     pub timeline: Vec<TimelinePoint>,
@@ -281,6 +286,40 @@ pub struct ServerMetrics {
     pub latency_ms: LatencySummary,
     #[serde(default)]
     pub error_breakdown: BTreeMap<String, u64>,
+}
+
+/// The connections of one source address (`loadgen --source-ips`). Every
+/// connection attempted is counted once in `connections` and in at most one of
+/// the outcomes: a 220 banner, a 421 refusal, another refusal (another banner
+/// code, or a close without any), a failed connect, or `unanswered` (no banner
+/// before the timeout, the drain time or a failed implicit-TLS handshake).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMetrics {
+    /// The local IP address the connections were bound to.
+    pub address: String,
+    pub connections: u64,
+    pub banners: u64,
+    pub refused_421: u64,
+    pub refused_other: u64,
+    pub connect_failed: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unanswered: u64,
+}
+
+impl SourceMetrics {
+    /// Adds `other`'s counts (the same address seen by another generator).
+    pub fn add(&mut self, other: &SourceMetrics) {
+        self.connections += other.connections;
+        self.banners += other.banners;
+        self.refused_421 += other.refused_421;
+        self.refused_other += other.refused_other;
+        self.connect_failed += other.connect_failed;
+        self.unanswered += other.unanswered;
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One bucket of the run's timeline. `t_s` numbers the buckets from the run's

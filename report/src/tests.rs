@@ -37,6 +37,7 @@ fn sample_result() -> RunResult {
         generator_saturated: false,
         run: None,
         per_server: vec![],
+        per_source: vec![],
         timeline: vec![],
         timeline_bucket_s: None,
         histograms: Some(Histograms {
@@ -50,6 +51,40 @@ fn sample_result() -> RunResult {
         gates: None,
         capacity: None,
     }
+}
+
+#[test]
+fn results_written_before_source_addresses_read_without_them_and_per_source_round_trips() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stampede/v1-before-tls.json");
+    let r = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.per_source.is_empty());
+    assert!(!serde_json::to_string(&r).unwrap().contains("per_source"));
+
+    let mut spread = sample_result();
+    spread.per_source = vec![
+        crate::SourceMetrics {
+            address: "127.0.0.2".into(),
+            connections: 12,
+            banners: 10,
+            refused_421: 2,
+            ..Default::default()
+        },
+        crate::SourceMetrics {
+            address: "127.0.0.3".into(),
+            connections: 12,
+            banners: 9,
+            refused_other: 1,
+            connect_failed: 1,
+            unanswered: 1,
+            ..Default::default()
+        },
+    ];
+    let text = serde_json::to_string(&spread).unwrap();
+    // A source with nothing unanswered leaves the key out.
+    assert_eq!(text.matches("\"unanswered\"").count(), 1, "{text}");
+    let back = crate::load_str(&text, Path::new("spread.json")).unwrap();
+    assert_eq!(back, spread);
 }
 
 #[test]

@@ -131,6 +131,41 @@ pub struct RateLimitStats {
     pub tracked_peers: usize,
 }
 
+/// The limits the server enforces, as configured (in `/api/stats` under `limits`), so
+/// that a client such as `loadgen limits --admin URL` can learn what to expect
+/// without being told. Numbers only: durations in seconds, sizes in bytes. The two
+/// rate limits are token buckets holding `max_requests_per_window` (per IP:
+/// `max_requests_per_window_per_ip`) and refilled evenly over `rate_limit_window_s`
+/// (see `admission`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LimitsStats {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub rate_limit_window_s: f64,
+    pub max_requests_per_window: u32,
+    pub max_requests_per_window_per_ip: u32,
+    pub idle_timeout_s: f64,
+    pub session_timeout_s: f64,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+}
+
+impl LimitsStats {
+    fn of(config: &Config) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            rate_limit_window_s: config.rate_limit_window.as_secs_f64(),
+            max_requests_per_window: config.max_requests_per_window,
+            max_requests_per_window_per_ip: config.max_requests_per_window_per_ip,
+            idle_timeout_s: config.idle_timeout.as_secs_f64(),
+            session_timeout_s: config.session_timeout.as_secs_f64(),
+            max_message_size: config.max_message_size,
+            max_recipients: config.max_recipients,
+        }
+    }
+}
+
 /// A snapshot of the server's counters (also served as JSON on `/api/stats`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Stats {
@@ -148,10 +183,14 @@ pub struct Stats {
     /// Messages refused, by reason (`size`, `connection_memory`, `memory_critical`,
     /// `line_too_long`, `store_error`).
     pub messages_rejected: BTreeMap<String, u64>,
+    /// Recipients refused by a limit, by reason (`max_recipients`).
+    pub recipients_rejected: BTreeMap<String, u64>,
     /// Message content bytes of accepted messages.
     pub bytes_received: u64,
     pub memory: MemoryStats,
     pub rate_limit: RateLimitStats,
+    /// The limits enforced, as configured.
+    pub limits: LimitsStats,
     pub tls: TlsStats,
     /// AUTH attempts by result (`success`, `failure`, `malformed`, `blocked`).
     pub auth: BTreeMap<String, u64>,
@@ -189,6 +228,7 @@ impl Shared {
             sessions_closed: Metrics::by_reason(&m.sessions_closed_by_server),
             messages_accepted: m.messages_accepted.get(),
             messages_rejected: Metrics::by_reason(&m.messages_rejected),
+            recipients_rejected: Metrics::by_reason(&m.recipients_rejected),
             bytes_received: m.bytes_received.get(),
             memory: MemoryStats {
                 level: self.memory.level(),
@@ -205,6 +245,7 @@ impl Shared {
                 max_requests_per_window_per_ip: self.config.max_requests_per_window_per_ip,
                 tracked_peers: self.admission.rate_limited_peers(),
             },
+            limits: LimitsStats::of(&self.config),
             tls: TlsStats {
                 handshakes: Metrics::by_result(&m.tls_handshakes, &metrics::tls_handshake::ALL),
                 versions: m.by_version(),

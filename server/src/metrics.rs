@@ -72,6 +72,14 @@ pub mod message_rejection {
     ];
 }
 
+/// Why a recipient was refused (label values). Only the server's own limits: a
+/// malformed address is a syntax error, not a refusal.
+pub mod recipient_rejection {
+    /// 452 4.5.3: the transaction already holds `max_recipients`.
+    pub const MAX_RECIPIENTS: &str = "max_recipients";
+    pub const ALL: [&str; 1] = [MAX_RECIPIENTS];
+}
+
 /// Why a session was closed by the server (label values).
 pub mod session_end {
     pub const IDLE_TIMEOUT: &str = "idle_timeout";
@@ -96,6 +104,7 @@ pub struct Metrics {
     pub sessions_closed_by_server: Family<ReasonLabel, Counter>,
     pub messages_accepted: Counter,
     pub messages_rejected: Family<ReasonLabel, Counter>,
+    pub recipients_rejected: Family<ReasonLabel, Counter>,
     pub bytes_received: Counter,
     pub active_connections: Gauge,
     pub memory_accounted_bytes: Gauge<u64, AtomicU64>,
@@ -122,6 +131,7 @@ impl Metrics {
             sessions_closed_by_server: Family::default(),
             messages_accepted: Counter::default(),
             messages_rejected: Family::default(),
+            recipients_rejected: Family::default(),
             bytes_received: Counter::default(),
             active_connections: Gauge::default(),
             memory_accounted_bytes: Gauge::default(),
@@ -140,6 +150,9 @@ impl Metrics {
         }
         for reason in message_rejection::ALL {
             let _ = m.messages_rejected.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in recipient_rejection::ALL {
+            let _ = m.recipients_rejected.get_or_create(&ReasonLabel { reason });
         }
         for reason in session_end::ALL {
             let _ = m
@@ -196,6 +209,11 @@ impl Metrics {
             m.messages_rejected.clone(),
         );
         registry.register(
+            "recipients_rejected",
+            "Recipients refused by a limit (452), by reason",
+            m.recipients_rejected.clone(),
+        );
+        registry.register(
             "bytes_received",
             "Message content bytes of accepted messages",
             m.bytes_received.clone(),
@@ -241,6 +259,12 @@ impl Metrics {
 
     pub fn reject_message(&self, reason: &'static str) {
         self.messages_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn reject_recipient(&self, reason: &'static str) {
+        self.recipients_rejected
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
@@ -301,6 +325,7 @@ impl Metrics {
             .iter()
             .map(|r| r.reason())
             .chain(message_rejection::ALL)
+            .chain(recipient_rejection::ALL)
             .chain(session_end::ALL)
         {
             // Only read series that exist; get_or_create would add foreign labels.

@@ -263,6 +263,7 @@ impl Builder {
                 generator: None,
             }),
             per_server,
+            per_source: Vec::new(),
             timeline,
             timeline_bucket_s: self.bucket_s,
             histograms: Some(histograms),

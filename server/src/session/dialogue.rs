@@ -26,7 +26,7 @@ use crate::auth::{
 use crate::data::DataReader;
 use crate::input::{Expecting, InputBuffer, Line};
 use crate::memory::MemoryCharge;
-use crate::metrics::{auth_attempt, message_rejection};
+use crate::metrics::{auth_attempt, message_rejection, recipient_rejection};
 use crate::protocol::{self, Command, Reply, Response};
 use crate::store::{StoreError, StoredMessage};
 
@@ -558,6 +558,9 @@ impl Dialogue {
             return Reply::bad_sequence("Need MAIL before RCPT");
         };
         if envelope.rcpt_to.len() >= self.shared.config.max_recipients {
+            self.shared
+                .metrics
+                .reject_recipient(recipient_rejection::MAX_RECIPIENTS);
             return Reply::too_many_recipients();
         }
         envelope.rcpt_to.push(to);
