@@ -8,7 +8,8 @@
 #    comparison is `analyze compare ci/stress-baseline/burst.json ... --format
 #    markdown >> "$GITHUB_STEP_SUMMARY"`; a gates step (`analyze check`); results/
 #    uploaded with actions/upload-artifact even when a step failed; the baseline is
-#    a readable result of a test-burst run.
+#    a readable result of a test-burst run; the steps the README shows are the
+#    file's.
 # 3. Run: every `run:` step, verbatim and in order, the way the runner runs it
 #    (`bash --noprofile --norc -eo pipefail`, the workflow's, job's and step's env,
 #    GITHUB_STEP_SUMMARY pointing at a temporary file); `uses:` steps are the
@@ -139,6 +140,16 @@ try:
         problems.append("ci/stress-baseline/burst.json is not a stampede.result.v1 test-burst result")
 except (OSError, ValueError, KeyError, TypeError) as e:
     problems.append(f"ci/stress-baseline/burst.json is not readable: {e}")
+# The README shows the steps; its copy must be the file's (comments aside).
+def code(text):
+    return "\n".join(l for l in text.splitlines() if l.strip() and not l.strip().startswith("#"))
+readme = open("README.md").read()
+section = readme.partition("### Stampede in GitHub Actions")[2]
+shown = section.partition("```yaml\n")[2].partition("```")[0]
+if not shown:
+    problems.append("README.md's \"Stampede in GitHub Actions\" shows no ```yaml block of the steps")
+elif code(shown) not in code(open(path).read()):
+    problems.append("README.md's \"Stampede in GitHub Actions\" shows steps that differ from the file's")
 if problems:
     fail("; ".join(problems))
 passed(f"{path}: one job ({job_name}), checkout, build, test-burst, compare against "
