@@ -182,6 +182,20 @@ fn draw_on_canvas(inputs: &[(PathBuf, RunResult)], canvas: &Canvas) -> anyhow::R
         }
     }
 
+    // Only capacity searches have a knee; other runs need no note about it.
+    let fed: Vec<&Series> = series
+        .iter()
+        .filter(|s| {
+            s.result
+                .capacity
+                .as_ref()
+                .is_some_and(|c| !c.steps.is_empty())
+        })
+        .collect();
+    if !fed.is_empty() {
+        canvas.render(&Knee(&fed), "capacity", &mut report)?;
+    }
+
     let has_resources = |r: &RunResult| r.resources.values().any(|v| !v.is_empty());
     if let Some(fed) = report.fed_by(
         &series,
@@ -801,6 +815,142 @@ impl Chart for Servers<'_> {
             legend(&mut chart)?;
         }
         Ok(())
+    }
+}
+
+/// A capacity search's knee: the corrected p99 (top) and the success rate
+/// (bottom) of each step against its offered rate, steps in rate order, with
+/// the SLO's limit on each figure drawn dashed. Steps that broke the SLO are
+/// hollow markers.
+struct Knee<'a>(&'a [&'a Series<'a>]);
+
+/// The steps of a series as `(offered rate, value, passed)`, in rate order.
+fn knee_points(s: &Series, value: fn(&report::CapacityStep) -> f64) -> Vec<(f64, f64, bool)> {
+    let mut points: Vec<(f64, f64, bool)> = s
+        .result
+        .capacity
+        .iter()
+        .flat_map(|c| &c.steps)
+        .map(|st| (st.rate, value(st), st.passed))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points
+}
+
+/// The limits the SLOs of `series` set on the figure named `names` (`p99`,
+/// `corrected_p99`), one per distinct limit.
+fn slo_limits(series: &[&Series], names: &[&str]) -> Vec<f64> {
+    let mut limits: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.result.capacity.iter().flat_map(|c| &c.slo))
+        .filter_map(|g| report::Gate::parse(g).ok())
+        .filter(|g| names.contains(&g.figure.name))
+        .map(|g| g.limit)
+        .collect();
+    limits.sort_by(f64::total_cmp);
+    limits.dedup();
+    limits
+}
+
+impl Chart for Knee<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let max_x = self
+            .0
+            .iter()
+            .flat_map(|s| knee_points(s, |st| st.rate))
+            .map(|p| p.0)
+            .fold(0.0, f64::max);
+        let panels = root.split_evenly((2, 1));
+        type Value = fn(&report::CapacityStep) -> f64;
+        let figures: [(&str, &str, Value, &[&str]); 2] = [
+            (
+                "Capacity search: p99 (corrected) against offered rate",
+                "p99 corrected (ms)",
+                |st| st.latency_corrected_ms.p99,
+                &["p99", "corrected_p99"],
+            ),
+            (
+                "Capacity search: success rate against offered rate",
+                "success rate (%)",
+                |st| st.success_rate,
+                &["success_rate"],
+            ),
+        ];
+        for (i, (panel, (title, y_desc, value, gate_names))) in
+            panels.iter().zip(figures).enumerate()
+        {
+            let limits = slo_limits(self.0, gate_names);
+            let values: Vec<f64> = self
+                .0
+                .iter()
+                .flat_map(|s| knee_points(s, value))
+                .map(|p| p.1)
+                .chain(limits.iter().copied())
+                .collect();
+            // Latency from 0; the success rate near 100%, where its knee is.
+            let y_range = if i == 0 {
+                0.0..upper(values.iter().copied().fold(0.0, f64::max))
+            } else {
+                let low = values.iter().copied().fold(100.0, f64::min);
+                let pad = ((100.0 - low) * 0.2).max(0.5);
+                (low - pad).max(0.0)..100.0 + pad
+            };
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, (FONT_FAMILY, 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..time_axis_end(max_x), y_range)?;
+            chart
+                .configure_mesh()
+                .x_desc("offered msg/s")
+                .y_desc(y_desc)
+                .draw()?;
+            for limit in &limits {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(0.0, *limit), (time_axis_end(max_x), *limit)],
+                        6,
+                        4,
+                        BLACK.mix(0.6).stroke_width(1),
+                    ))?
+                    .label(format!("SLO {}", format_limit(*limit, i == 0)))
+                    .legend(line_legend(BLACK, 1));
+            }
+            for s in self.0 {
+                let c = s.color;
+                let points = knee_points(s, value);
+                chart
+                    .draw_series(LineSeries::new(
+                        points.iter().map(|p| (p.0, p.1)),
+                        c.stroke_width(2),
+                    ))?
+                    .label(s.name.clone())
+                    .legend(line_legend(c, 2));
+                chart.draw_series(points.iter().map(|&(x, y, passed)| {
+                    let style = if passed {
+                        c.filled()
+                    } else {
+                        c.stroke_width(2)
+                    };
+                    Circle::new((x, y), POINT_RADIUS + 1, style)
+                }))?;
+            }
+            legend(&mut chart)?;
+        }
+        Ok(())
+    }
+}
+
+/// `250 ms`, `99.9%`: an SLO limit for a legend.
+fn format_limit(limit: f64, millis: bool) -> String {
+    if millis {
+        format!("{limit} ms")
+    } else {
+        format!("{limit}%")
     }
 }
 

@@ -28,13 +28,14 @@ const CHART_SIZE: (u32, u32) = (800, 460);
 
 /// Keys of a result that the typed model may not hold (they are added by newer
 /// generators) and that the page shows as tables when present.
-const EXTRA_KEYS: [&str; 3] = ["stages", "gates", "capacity"];
+const EXTRA_KEYS: [&str; 2] = ["stages", "gates"];
 
 /// One result file, with the keys the page reads straight from its JSON.
 pub struct ReportRun {
     pub path: PathBuf,
     pub result: RunResult,
-    /// `stages`, `gates`, `capacity`, when the file has them.
+    /// `stages`, `gates`, when the file has them (`capacity` is typed and
+    /// shown by [`tables::capacity_table`]).
     extra: Vec<(&'static str, Value)>,
 }
 
@@ -145,6 +146,7 @@ figure svg { width: 100%; height: auto; display: block; }
 figcaption { font-size: .85rem; color: #555; }
 .note { background: #fff8e1; border-left: 4px solid #e69f00; padding: .3rem .6rem; margin: .4rem 0;
   font-size: .9rem; }
+.verdict { font-size: 1.1rem; margin: .5rem 0; }
 .warn { background: #fde2e1; border-left: 4px solid #d55e00; padding: .3rem .6rem; margin: .4rem 0;
   font-size: .9rem; }
 .outcome { font-weight: 600; }
@@ -208,6 +210,8 @@ fn table_html(t: &Table) -> String {
 fn row_class(cells: &[String]) -> Option<&'static str> {
     match cells.last().map(String::as_str) {
         Some("REGRESSION") => Some("bad"),
+        // A capacity step that broke the SLO.
+        Some(v) if v.starts_with("FAIL") => Some("bad"),
         Some("better") => Some("good"),
         _ => None,
     }
@@ -301,6 +305,20 @@ fn run_section(run: &ReportRun, charts: Option<&str>, titled: bool) -> String {
     for n in run_notes(r) {
         let _ = writeln!(out, "<p class=\"warn\">{}</p>", esc(&n));
     }
+    if let Some(c) = &r.capacity {
+        let _ = writeln!(
+            out,
+            "<p class=\"verdict\"><strong>Capacity:</strong> {}</p>",
+            esc(&c.verdict())
+        );
+        if let Some(h) = c.headline_step() {
+            let _ = writeln!(
+                out,
+                "<p class=\"note\">{}</p>",
+                esc(&tables::headline_note(h))
+            );
+        }
+    }
     out.push_str(&headline_cards(r));
     if let Some(charts) = charts {
         out.push_str(charts);
@@ -379,6 +397,9 @@ fn run_tables(r: &RunResult) -> Vec<Table> {
         tables::key_value("messages", tables::message_rows(r)),
         tables::key_value("performance", tables::performance_rows(r)),
     ];
+    if let Some(c) = &r.capacity {
+        t.push(tables::capacity_table(c));
+    }
     if let Some(tls) = &r.tls {
         t.push(tables::tls_table(tls));
     }

@@ -85,6 +85,8 @@ pub fn merge(inputs: &[(PathBuf, RunResult)]) -> anyhow::Result<(RunResult, Vec<
         warmup_s: None,
         // Each generator judged its own share; the merged run has not been judged.
         gates: None,
+        // A capacity search is one generator's sequence of steps; not merged.
+        capacity: None,
     };
     Ok((merged, notes))
 }

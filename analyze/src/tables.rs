@@ -6,7 +6,8 @@ use std::path::Path;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
-use report::{GateOutcome, LatencySummary, PHASES, RunResult, TlsSummary};
+use report::capacity::format_rate;
+use report::{CapacitySummary, GateOutcome, LatencySummary, PHASES, RunResult, TlsSummary};
 
 use crate::catalog::{Entry, stem};
 use crate::figures::{format_ms, megabytes_per_second};
@@ -228,6 +229,13 @@ fn show_figures(out: &mut String, r: &RunResult) {
     if !r.stages.is_empty() {
         let _ = writeln!(out, "{}", stage_table(r));
     }
+    if let Some(c) = &r.capacity {
+        let _ = writeln!(out, "{}", capacity_table(c));
+        let _ = writeln!(out, "capacity: {}", c.verdict());
+        if let Some(h) = c.headline_step() {
+            let _ = writeln!(out, "{}", headline_note(h));
+        }
+    }
     if !m.phases_ms.is_empty() {
         let _ = writeln!(out, "{}", phase_table(r));
     }
@@ -400,6 +408,57 @@ fn stage_table(r: &RunResult) -> Table {
         ]);
     }
     t
+}
+
+/// One row per step of a capacity search, in the order run: the offered rate,
+/// what the step achieved, the latency the SLO was judged on (corrected), and
+/// its verdict with the gates it broke.
+pub(crate) fn capacity_table(c: &CapacitySummary) -> Table {
+    let mut t = new_table(&[
+        "step",
+        "offered msg/s",
+        "sent",
+        "ok/s",
+        "success",
+        "late",
+        "p50 ms",
+        "p99 ms",
+        "p99 corr. ms",
+        &format!("SLO {}", c.slo.join(", ")),
+    ]);
+    for s in &c.steps {
+        let latency = |v: f64| if s.ok > 0 { format_ms(v) } else { "-".into() };
+        let mut verdict = if s.passed {
+            "pass".to_string()
+        } else {
+            format!("FAIL {}", s.broke.join(", "))
+        };
+        if s.generator_saturated {
+            verdict.push_str(" (generator saturated)");
+        }
+        t.add_row(vec![
+            format!("step {}", s.index),
+            format_rate(s.rate),
+            s.sent.to_string(),
+            format!("{:.1}", s.achieved_rate),
+            format!("{:.2}%", s.success_rate),
+            s.late.to_string(),
+            latency(s.latency_ms.p50),
+            latency(s.latency_ms.p99),
+            latency(s.latency_corrected_ms.p99),
+            verdict,
+        ]);
+    }
+    t
+}
+
+/// Which step the top-level figures of a capacity result are.
+pub(crate) fn headline_note(h: &report::CapacityStep) -> String {
+    format!(
+        "The headline figures are those of step {} at {} msg/s (the fastest step that met the SLO, or the first step when none did).",
+        h.index,
+        format_rate(h.rate)
+    )
 }
 
 fn server_table(r: &RunResult) -> Table {

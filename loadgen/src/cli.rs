@@ -21,6 +21,11 @@ pub enum ModeArg {
     /// linearly from `--start-rate` (default 0) to each target in turn, on a fixed
     /// timetable, latency also coordinated-omission corrected.
     Stages,
+    /// A search for the highest rate that meets `--slo`: constant-rate steps of
+    /// the open model from `--start-rate`, doubled until a step breaks the SLO
+    /// (or `--max-rate`), then bisected to 5%; each step judged on its own
+    /// corrected latency and success rate.
+    Capacity,
 }
 
 /// How the open model spreads its sends.
@@ -85,8 +90,9 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_PORT", default_value_t = 2525)]
     pub port: u16,
 
-    /// Load model: burst (fixed message count, closed), sustained (fixed rate, open)
-    /// or stages (a rate curve, open).
+    /// Load model: burst (fixed message count, closed), sustained (fixed rate, open),
+    /// stages (a rate curve, open) or capacity (a search for the highest rate that
+    /// meets --slo).
     #[arg(long, env = "LOADGEN_MODE", value_enum, default_value_t = ModeArg::Burst)]
     pub mode: ModeArg,
 
@@ -115,7 +121,8 @@ pub struct Args {
     #[arg(long, env = "LOADGEN_STAGES", help_heading = "Load shape")]
     pub stages: Option<String>,
 
-    /// Stages mode: the rate the first stage starts from [default: 0].
+    /// Stages mode: the rate the first stage starts from [default: 0]. Capacity
+    /// mode: the first step's rate [default: 100].
     #[arg(long, env = "LOADGEN_START_RATE", help_heading = "Load shape")]
     pub start_rate: Option<f64>,
 
@@ -303,6 +310,36 @@ pub struct Args {
         help_heading = "Gates"
     )]
     pub abort_on_fail: bool,
+
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// The flags of `--mode capacity` (parsed only; checked in `config.rs`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Capacity search")]
+pub struct CapacityArgs {
+    /// Capacity mode: the service-level objective each step must meet, as
+    /// comma-separated gates in the grammar of --require
+    /// (`p99<=250ms,success_rate>=99.9`). Latency is judged on the step's
+    /// coordinated-omission corrected latency, every figure on that step alone.
+    #[arg(long, env = "LOADGEN_SLO", value_name = "GATES")]
+    pub slo: Option<String>,
+
+    /// Capacity mode: the highest rate to try, messages per second [default:
+    /// 100000]. A search that passes here reports "at least" this rate.
+    #[arg(long, env = "LOADGEN_MAX_RATE")]
+    pub max_rate: Option<f64>,
+
+    /// Capacity mode: how long each step offers its rate (`20s`, `1m`; a plain
+    /// number is seconds) [default: 20s].
+    #[arg(long, env = "LOADGEN_STEP_DURATION")]
+    pub step_duration: Option<String>,
+
+    /// Capacity mode: the pause between steps, so one step's backlog does not
+    /// weigh on the next (`5s`; a plain number is seconds) [default: 5s].
+    #[arg(long, env = "LOADGEN_COOLDOWN")]
+    pub cooldown: Option<String>,
 }
 
 /// `loadgen --help`'s closing section.
@@ -311,7 +348,8 @@ Commands:
   limits  check that a server enforces its resource limits (loadgen limits --help)
 
 Exit codes:
-  0    the run was carried out (and met every --require gate)
+  0    the run was carried out (and met every --require gate); a capacity
+       search exits 0 whatever rate it found (the verdict is in the result)
   1    the run could not be carried out (unreachable server, no runtime, result not written)
   2    bad usage: a bad flag or value, named on stderr
   99   a --require gate was missed, or --abort-on-fail stopped the run (result written)

@@ -227,7 +227,33 @@ pub enum Mode {
         start_rate: f64,
         workers: u32,
     },
+    Capacity {
+        #[serde(flatten)]
+        search: CapacitySpec,
+        workers: u32,
+    },
 }
+
+/// The settings of a capacity search (`--mode capacity`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapacitySpec {
+    /// `--slo`, one gate per item as written; parsed in `Config::slo_gates`.
+    pub slo: Vec<String>,
+    pub start_rate: f64,
+    pub max_rate: f64,
+    /// `--step-duration`, seconds.
+    pub step_duration: f64,
+    /// `--cooldown`, seconds.
+    pub cooldown: f64,
+}
+
+/// Capacity mode's defaults (CONTRACT.md).
+pub const DEFAULT_CAPACITY_START_RATE: f64 = 100.0;
+pub const DEFAULT_CAPACITY_MAX_RATE: f64 = 100_000.0;
+const DEFAULT_STEP_DURATION: &str = "20s";
+const DEFAULT_COOLDOWN: &str = "5s";
+/// `--cooldown`: none up to an hour.
+const COOLDOWN_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 
 /// One point of `--stages`: reach `target` messages per second over `duration_s`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -289,6 +315,7 @@ impl Mode {
             Mode::Burst { .. } => "burst",
             Mode::Sustained { .. } => "sustained",
             Mode::Stages { .. } => "stages",
+            Mode::Capacity { .. } => "capacity",
         }
     }
 
@@ -296,14 +323,16 @@ impl Mode {
         match *self {
             Mode::Burst { workers, .. }
             | Mode::Sustained { workers, .. }
-            | Mode::Stages { workers, .. } => workers,
+            | Mode::Stages { workers, .. }
+            | Mode::Capacity { workers, .. } => workers,
         }
     }
 
-    /// The open model's rate curve; `None` in the closed model.
+    /// The open model's rate curve; `None` in the closed model, and in capacity
+    /// mode, whose steps each run as a sustained run of their own.
     pub fn rate_curve(&self) -> Option<RateCurve> {
         match self {
-            Mode::Burst { .. } => None,
+            Mode::Burst { .. } | Mode::Capacity { .. } => None,
             Mode::Sustained { rate, duration, .. } => Some(RateCurve::constant(*rate, *duration)),
             Mode::Stages {
                 stages, start_rate, ..
@@ -368,6 +397,9 @@ pub struct Config {
     pub abort_on_fail: bool,
     #[serde(skip)]
     pub gates: Vec<report::Gate>,
+    /// Capacity mode: `--slo`, parsed.
+    #[serde(skip)]
+    pub slo_gates: Vec<report::Gate>,
 }
 
 /// How every connection authenticates. Serialized into the result without the
@@ -563,13 +595,26 @@ fn auth_settings(a: &Args) -> Result<Option<AuthSettings>, ConfigError> {
 /// `--warmup`: checked against the mode. The seed is drawn here when not given.
 fn load_shape(a: &Args, mode: &Mode) -> Result<(ArrivalsArg, u64, Duration), ConfigError> {
     let stages = matches!(mode, Mode::Stages { .. });
+    let capacity = matches!(mode, Mode::Capacity { .. });
     if !stages {
         if a.stages.is_some() {
             return Err(invalid("stages", "needs --mode stages"));
         }
-        if a.start_rate.is_some() {
-            return Err(invalid("start-rate", "needs --mode stages"));
+        if a.start_rate.is_some() && !capacity {
+            return Err(invalid("start-rate", "needs --mode stages or capacity"));
         }
+    }
+    if capacity {
+        // Each step is a sustained run: arrivals apply; a warmup would leave part
+        // of each step out of the verdict, which the step's length already covers.
+        if a.warmup.is_some() {
+            return Err(invalid("warmup", "needs --mode sustained or stages"));
+        }
+        return Ok((
+            a.arrivals,
+            a.seed.unwrap_or_else(rand::random),
+            Duration::ZERO,
+        ));
     }
     let Some(curve) = mode.rate_curve() else {
         if a.arrivals != ArrivalsArg::Uniform {
@@ -604,6 +649,104 @@ fn load_shape(a: &Args, mode: &Mode) -> Result<(ArrivalsArg, u64, Duration), Con
         ));
     }
     Ok((a.arrivals, a.seed.unwrap_or_else(rand::random), warmup))
+}
+
+/// The flags of `--mode capacity`, checked; the SLO's gates are parsed in
+/// [`slo_gates`].
+fn capacity_spec(a: &Args) -> Result<CapacitySpec, ConfigError> {
+    let c = &a.capacity;
+    let slo = c
+        .slo
+        .as_deref()
+        .ok_or_else(|| {
+            invalid(
+                "slo",
+                "needed with --mode capacity ('p99<=250ms,success_rate>=99.9')",
+            )
+        })?
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    if slo.is_empty() {
+        return Err(invalid(
+            "slo",
+            "no gate given ('p99<=250ms,success_rate>=99.9')",
+        ));
+    }
+    let positive = |flag: &'static str, rate: f64| {
+        if rate.is_finite() && rate > 0.0 && rate <= MAX_RATE {
+            Ok(rate)
+        } else {
+            Err(invalid(flag, format!("{rate} must be in (0, {MAX_RATE}]")))
+        }
+    };
+    let start_rate = positive(
+        "start-rate",
+        a.start_rate.unwrap_or(DEFAULT_CAPACITY_START_RATE),
+    )?;
+    let max_rate = positive("max-rate", c.max_rate.unwrap_or(DEFAULT_CAPACITY_MAX_RATE))?;
+    if max_rate < start_rate {
+        return Err(invalid(
+            "max-rate",
+            format!("{max_rate} is below --start-rate {start_rate}"),
+        ));
+    }
+    let step = duration_flag(
+        "step-duration",
+        c.step_duration.as_deref().unwrap_or(DEFAULT_STEP_DURATION),
+        Plain::Seconds,
+        DURATION_RANGE,
+    )?;
+    if (start_rate * step.as_secs_f64()).round() < 1.0 {
+        return Err(invalid(
+            "step-duration",
+            "--start-rate × --step-duration is less than one message",
+        ));
+    }
+    let cooldown = duration_flag(
+        "cooldown",
+        c.cooldown.as_deref().unwrap_or(DEFAULT_COOLDOWN),
+        Plain::Seconds,
+        COOLDOWN_RANGE,
+    )?;
+    Ok(CapacitySpec {
+        slo,
+        start_rate,
+        max_rate,
+        step_duration: step.as_secs_f64(),
+        cooldown: cooldown.as_secs_f64(),
+    })
+}
+
+/// `--slo`'s gates in capacity mode; outside it, its flags are refused, and so is
+/// `--require` inside it (a search is judged step by step, by `--slo`).
+fn slo_gates(a: &Args, mode: &Mode) -> Result<Vec<report::Gate>, ConfigError> {
+    let Mode::Capacity { search, .. } = mode else {
+        let c = &a.capacity;
+        let given = [
+            ("slo", c.slo.is_some()),
+            ("max-rate", c.max_rate.is_some()),
+            ("step-duration", c.step_duration.is_some()),
+            ("cooldown", c.cooldown.is_some()),
+        ];
+        return match given.iter().find(|(_, g)| *g) {
+            Some((flag, _)) => Err(invalid(flag, "needs --mode capacity")),
+            None => Ok(Vec::new()),
+        };
+    };
+    if !a.require.is_empty() {
+        return Err(invalid(
+            "require",
+            "not with --mode capacity: each step is judged by --slo",
+        ));
+    }
+    search
+        .slo
+        .iter()
+        .map(|g| report::Gate::parse(g).map_err(|e| invalid("slo", e.to_string())))
+        .collect()
 }
 
 impl Config {
@@ -669,6 +812,10 @@ impl Config {
                 }
                 mode
             }
+            ModeArg::Capacity => Mode::Capacity {
+                search: capacity_spec(&a)?,
+                workers: workers(DEFAULT_SUSTAINED_WORKERS)?,
+            },
             ModeArg::Sustained => {
                 if !a.rate.is_finite() || a.rate <= 0.0 || a.rate > MAX_RATE {
                     return Err(invalid(
@@ -692,6 +839,7 @@ impl Config {
             }
         };
         let (arrivals, seed, warmup) = load_shape(&a, &mode)?;
+        let slo_gates = slo_gates(&a, &mode)?;
         let size = parse_size_spec(&a.size).map_err(|e| invalid("size", e))?;
         let tls = tls_settings(&a, &servers)?;
         let auth = auth_settings(&a)?;
@@ -802,6 +950,7 @@ impl Config {
             require: a.require,
             abort_on_fail: a.abort_on_fail,
             gates,
+            slo_gates,
         })
     }
 

@@ -16,12 +16,15 @@
 //!   [`report`] model filled in);
 //! - judging: `require` (the `--require` gates on the result, and the
 //!   `--abort-on-fail` watch during the run);
+//! - searching: `capacity` (`--mode capacity`: the rates to try, decided apart
+//!   from the runs, and each step run as a sustained run of its own).
 //! - `limits`: the `loadgen limits` suite (does a server enforce its resource
 //!   limits?), with its own small SMTP probe.
 //!
 //! The printer never measures and the client never formats.
 
 mod auth;
+mod capacity;
 mod cli;
 mod client;
 mod config;
@@ -49,6 +52,7 @@ use report::RunResult;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use capacity::{Search, SearchOutcome, StepVerdict};
 pub use config::{Config, ConfigError, Mode};
 pub use progress::summary;
 pub use require::table as gates_table;
@@ -85,6 +89,20 @@ const CONTAINER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// answer, no Docker engine with `--monitor-containers`); what goes wrong during a
 /// run is counted in the result instead.
 pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result<RunResult> {
+    if matches!(config.mode, Mode::Capacity { .. }) {
+        return capacity::run(config, interrupt).await;
+    }
+    let run_id = new_run_id();
+    run_with_id(config, interrupt, &run_id).await
+}
+
+/// One run of a fixed load (burst, sustained, stages) under the id `run_id`:
+/// what [`run`] does, and what a capacity search does once per step.
+async fn run_with_id(
+    config: Config,
+    interrupt: CancellationToken,
+    run_id: &str,
+) -> anyhow::Result<RunResult> {
     let addrs = resolve(&config).await?;
     if let Some(sources) = &config.sources {
         for addr in &addrs {
@@ -97,8 +115,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
         preflight_all(&config, &addrs, tls.as_ref()).await?;
     }
     let monitor = start_monitor(&config).await?;
-    let run_id = new_run_id();
-    let load = prepare(&config, &run_id)?;
+    let load = prepare(&config, run_id)?;
 
     // Before the clock starts: a Poisson timetable draws its gaps once here.
     let plan = RunPlan::new(&config);
@@ -159,7 +176,7 @@ pub async fn run(config: Config, interrupt: CancellationToken) -> anyhow::Result
     let end = run_end(&stats, origin, plan.window, stopped_at);
     let facts = RunFacts {
         config: &config,
-        run_id: &run_id,
+        run_id,
         start,
         duration: end - origin,
         // A run a gate stopped is recorded as such in `gates`, not as interrupted.

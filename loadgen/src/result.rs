@@ -307,8 +307,9 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
     let (concurrent_workers, target_rate) = match c.mode {
         Mode::Burst { workers, .. } => (Some(u64::from(workers)), None),
         Mode::Sustained { rate, .. } => (None, Some(rate)),
-        // The rate varies: the `stages` key holds it.
-        Mode::Stages { .. } => (None, None),
+        // The rate varies: the `stages` key holds it; a capacity search's steps
+        // are sustained runs, and its result takes the headline step's rate.
+        Mode::Stages { .. } | Mode::Capacity { .. } => (None, None),
     };
     let stages = stage_summaries(c, stats)?;
     Ok(RunResult {
@@ -340,5 +341,6 @@ pub fn build(stats: &mut Stats, f: RunFacts<'_>) -> anyhow::Result<RunResult> {
         stages,
         warmup_s: (!warmup.is_zero()).then_some(warmup.as_secs_f64()),
         gates: None,
+        capacity: None,
     })
 }

@@ -10,6 +10,7 @@
 //! `.servers`), so existing jq scripts keep working; everything Stampede adds sits in
 //! new keys beside them. Files without a `schema` key are read as PrixFixe files.
 
+pub mod capacity;
 mod error;
 pub mod figures;
 pub mod gate;
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use capacity::{CapacityStep, CapacitySummary};
 pub use error::ReportError;
 pub use gate::{Gate, GateError, GateOutcome, LatencyBasis};
 pub use histogram::{
@@ -97,6 +99,11 @@ pub struct RunResult {
     /// timeline) but are left out of every other figure. Absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_s: Option<f64>,
+    /// Capacity mode: the search's steps and its answer. The top-level figures
+    /// are those of its headline step (the passing step at the highest rate, or
+    /// the first step when none passed); absent otherwise and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacitySummary>,
 }
 
 /// One stage of a stages run: the rate ramped linearly from `rate_from` to

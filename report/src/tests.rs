@@ -49,6 +49,7 @@ fn sample_result() -> RunResult {
         stages: Vec::new(),
         warmup_s: None,
         gates: None,
+        capacity: None,
     }
 }
 
@@ -320,4 +321,85 @@ fn results_written_before_stages_read_without_them_and_stages_round_trip() {
     let text = serde_json::to_string(&staged).unwrap();
     let back = crate::load_str(&text, Path::new("staged.json")).unwrap();
     assert_eq!(back, staged);
+}
+
+#[test]
+fn results_written_before_capacity_read_without_it_and_capacity_round_trips() {
+    for fixture in [
+        "tests/fixtures/stampede/v1-before-tls.json",
+        "tests/fixtures/prixfixe/v0.2.0-sustained-30s.json",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture);
+        let r = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.capacity.is_none(), "{fixture}");
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            !text.contains("\"capacity\""),
+            "{fixture}: no key when absent"
+        );
+    }
+
+    let mut searched = sample_result();
+    let step = |index, rate, passed: bool| crate::CapacityStep {
+        index,
+        rate,
+        start_s: f64::from(index) * 25.0,
+        end_s: f64::from(index) * 25.0 + 20.0,
+        sent: (rate * 20.0) as u64,
+        ok: (rate * 20.0) as u64,
+        achieved_rate: rate,
+        success_rate: 100.0,
+        passed,
+        broke: if passed {
+            vec![]
+        } else {
+            vec!["p99<=250ms".into()]
+        },
+        ..Default::default()
+    };
+    searched.capacity = Some(crate::CapacitySummary {
+        slo: vec!["p99<=250ms".into(), "success_rate>=99.9".into()],
+        max_rate_meeting_slo: Some(100.0),
+        first_rate_breaking_slo: Some(200.0),
+        which_slo_broke: Some("p99<=250ms".into()),
+        generator_limited: false,
+        resolution_percent: 5.0,
+        steps: vec![step(0, 100.0, true), step(1, 200.0, false)],
+    });
+    let text = serde_json::to_string(&searched).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The layout of CONTRACT.md: nulls written, not left out.
+    let c = &value["capacity"];
+    for key in [
+        "slo",
+        "max_rate_meeting_slo",
+        "first_rate_breaking_slo",
+        "which_slo_broke",
+        "generator_limited",
+        "resolution_percent",
+        "steps",
+    ] {
+        assert!(c.get(key).is_some(), "capacity.{key}");
+    }
+    for key in [
+        "index",
+        "rate",
+        "start_s",
+        "end_s",
+        "sent",
+        "ok",
+        "failed",
+        "late",
+        "achieved_rate",
+        "success_rate",
+        "latency_ms",
+        "latency_corrected_ms",
+        "passed",
+        "broke",
+        "generator_saturated",
+    ] {
+        assert!(c["steps"][1].get(key).is_some(), "capacity.steps[].{key}");
+    }
+    let back = crate::load_str(&text, Path::new("capacity.json")).unwrap();
+    assert_eq!(back, searched);
 }

@@ -272,6 +272,7 @@ impl Builder {
             stages: Vec::new(),
             warmup_s: None,
             gates: None,
+            capacity: None,
         }
     }
 
