@@ -463,6 +463,22 @@ check_result "$quick3b" 100 3
 [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-quick left its servers running"
 pass "test-quick stopped the servers it started"
 
+step "local: --servers 1 test-limits (the limits suite against the limits profile)"
+touch "$marker"
+"$ST" --local --servers 1 test-limits || fail "test-limits failed against smtp-server with its own limits profile"
+limits_doc="$(find results -maxdepth 1 -name '*-limits-server1.json' -newer "$marker" -print -quit)"
+[[ -n "$limits_doc" ]] || fail "test-limits wrote no results/*-limits-server1.json"
+python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["schema"] == "stampede.limits.v1", d["schema"]
+verdicts = [c["verdict"] for c in d["cases"]]
+print("  cases:", len(verdicts), "verdicts:", verdicts)
+sys.exit(0 if len(verdicts) == 10 and all(v == "pass" for v in verdicts) else "want 10 cases, all passed")
+' "$limits_doc" || fail "$limits_doc: not every case passed"
+[[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-limits left its servers running"
+pass "test-limits: all ten cases passed against the limits profile ($limits_doc)"
+
 step "local: --tls starttls test-burst --messages 200, --tls implicit test-quick (certificates checked)"
 touch "$marker"
 "$ST" --local --tls starttls test-burst --messages 200
