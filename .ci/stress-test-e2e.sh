@@ -6,8 +6,9 @@
 # 2525-2529 and 8081-8085 are free and no container of the compose project
 # `stampede` exists (otherwise a visible skip naming the reason): a person's stack
 # is never used, stopped or removed.
-# Options: a bad --cooldown, --servers, --messages or --tls, before or after the verb,
-# fails at once with exit 2 naming the option, before any server starts.
+# Options: a bad --cooldown, --servers, --messages, --tls, --slo or --soak-duration,
+# before or after the verb, fails at once with exit 2 naming the option, before any
+# server starts.
 # Settings: docker/stress-test.toml and .env agree; so do their TLS variant
 # docker/stress-test-tls.toml and .env, which differ from the plain pair only in TLS;
 # so do the limits profile's docker/stress-test-limits.toml and .env.
@@ -17,7 +18,8 @@
 # `tls` phase hold the handshakes; a --tls test finding servers started without TLS
 # stops instead of measuring plaintext.
 # Local backend: start 5 servers, status, test-quick, logs, test-burst/-mixed
-# (--messages), test-sustained (--duration), run-custom, `test-quick --servers 3
+# (--messages), test-sustained (--duration), test-spike --duration 6s (the load
+# shape's five stages scaled to 6 s), run-custom, `test-quick --servers 3
 # --local` (options after the verb: the running servers are scaled to 3 and stay
 # up), stop; a self-contained `--servers 3 test-quick`; test-all --cooldown; Ctrl-C
 # (SIGINT to the script's process group) in the middle of a test; clean;
@@ -366,6 +368,10 @@ check_refused --duration --local test-sustained --duration=1x
 check_refused --tls --local --tls tls test-quick
 check_refused --tls test-quick --local --tls=STARTTLS
 check_refused --tls test-quick --local --tls
+check_refused --slo --local test-capacity --slo 'p99 <= 500ms'
+check_refused --slo --local --slo= test-capacity
+check_refused --soak-duration --local test-soak --soak-duration 10x
+check_refused --duration --local test-spike --duration=-1s
 
 step "messages: --local build, help and README on run-custom"
 build_out="$("$ST" --local build 2>&1)"
@@ -406,6 +412,22 @@ check_result "$(result_since "$marker" mixed)" 60 5
 # 50 messages/s for 2 s: 100 messages on the timetable.
 "$ST" --local test-sustained --duration 2s
 check_result "$(result_since "$marker" sustained)" 100 5
+# One load shape, shortened: test-spike --duration 6s scales its 60 s curve by 0.1
+# (2 s at 200/s, 1 s at 4000/s, 3 s at 200/s: 5000 sends on the timetable), so a
+# shortened shape still runs every stage of its curve.
+"$ST" --local test-spike --duration 6s
+spike="$(result_since "$marker" spike)"
+check_result "$spike" 5000 5
+check_test_type "$spike" spike
+python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+stages = [(s["rate_from"], s["rate_to"], round(s["end_s"] - s["start_s"], 3), s["sent"]) for s in r.get("stages") or []]
+want = [(200, 200, 2.0, 400), (200, 4000, 0.0, 0), (4000, 4000, 1.0, 4000), (4000, 200, 0.0, 0), (200, 200, 3.0, 600)]
+print("  stages (from, to, seconds, sent):", stages)
+sys.exit(0 if stages == want else "test-spike --duration 6s ran the stages %s, want %s" % (stages, want))
+' "$spike" || fail "test-spike --duration 6s did not run the spike curve scaled to 6 s"
+pass "test-spike --duration 6s: the spike curve scaled to 6 s, every stage on its timetable"
 "$ST" --local run-custom --mode burst --messages 50 --workers 5 --size small
 custom="$(result_since "$marker" custom)"
 check_result "$custom" 50 5
@@ -440,6 +462,22 @@ quick3b="$(result_since "$marker" quick)"
 check_result "$quick3b" 100 3
 [[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-quick left its servers running"
 pass "test-quick stopped the servers it started"
+
+step "local: --servers 1 test-limits (the limits suite against the limits profile)"
+touch "$marker"
+"$ST" --local --servers 1 test-limits || fail "test-limits failed against smtp-server with its own limits profile"
+limits_doc="$(find results -maxdepth 1 -name '*-limits-server1.json' -newer "$marker" -print -quit)"
+[[ -n "$limits_doc" ]] || fail "test-limits wrote no results/*-limits-server1.json"
+python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["schema"] == "stampede.limits.v1", d["schema"]
+verdicts = [c["verdict"] for c in d["cases"]]
+print("  cases:", len(verdicts), "verdicts:", verdicts)
+sys.exit(0 if len(verdicts) == 10 and all(v == "pass" for v in verdicts) else "want 10 cases, all passed")
+' "$limits_doc" || fail "$limits_doc: not every case passed"
+[[ ! -s "$STAMPEDE_STATE_DIR/servers.pid" ]] || fail "test-limits left its servers running"
+pass "test-limits: all ten cases passed against the limits profile ($limits_doc)"
 
 step "local: --tls starttls test-burst --messages 200, --tls implicit test-quick (certificates checked)"
 touch "$marker"

@@ -41,6 +41,12 @@ SERVER_ENV_TLS="docker/stress-test-tls.env"
 # so certificate checking stays on.
 TLS_DIR="$STATE_DIR/tls"
 IMPLICIT_TLS_CONTAINER_PORT=465             # SMTP_IMPLICIT_TLS_PORT in the TLS env file
+# The limits profile (small limits, short windows) that test-limits starts the servers
+# with, and its env twin for the containers; see docker/stress-test-limits.toml.
+SERVER_CONFIG_LIMITS="$ROOT/docker/stress-test-limits.toml"
+SERVER_ENV_LIMITS="docker/stress-test-limits.env"
+LIMITS_PROFILE=0                            # 1 while test-limits starts its servers
+LIMITS_PIDS=()                              # test-limits' suites running in the background
 
 MAX_DOCKER_SERVERS=5                        # services in the compose file
 MAX_LOCAL_SERVERS=20
@@ -65,6 +71,14 @@ MESSAGES_ARG=""                             # --messages: overrides a burst test
 DURATION_ARG=""                             # --duration: overrides test-sustained's 60s
 TLS_MODE=none                               # --tls: none | starttls | implicit (loadgen's --tls)
 TLS_SET=0                                   # 1 when --tls was given
+COOLDOWN_SET=0                              # 1 when --cooldown or STAMPEDE_COOLDOWN was given
+SOAK_DURATION_ARG=""                        # --soak-duration: test-soak's length (default 10m)
+DEFAULT_SLO='p99<=500ms,success_rate>=99.9' # test-capacity's SLO unless --slo
+DEFAULT_SOAK=10m                            # test-soak's length unless --soak-duration
+SLO=$DEFAULT_SLO                            # --slo
+SOAK_MEMORY=""                              # test-soak's local RSS samples while it runs
+TARGET=""                                   # --target HOST:PORT[,...]: test that server, start none
+LOADGEN_STATUS=0                            # loadgen's exit status in the last run: 0 or 99
 SERVERS_TLS_MODE=none                       # the --tls the servers run with (choose_backend)
 
 # Set while a verb has started servers it must stop again on failure or exit.
@@ -117,6 +131,29 @@ Verbs:
   test-mixed       2600 messages in one burst run, 50 workers, sizes drawn with
                    the weights 1000 small : 1000 medium : 500 large : 100 xlarge
   test-all         every test above, with a cooldown between them
+  test-ramp        the rate climbs from 0 to 2000 messages/s over 60 s, then holds
+                   2000/s for 30 s (stages, open model), 10 KiB
+  test-spike       200/s for 20 s, a step to 4000/s for 10 s, back to 200/s for
+                   30 s (stages, open model), 10 KiB: does it recover, and how fast
+  test-soak        a steady 100 messages/s for --soak-duration (default 10m), 10 KiB;
+                   memory (Docker: per container; local: each server's RSS, in
+                   <result>-memory.csv) and latency over time show any drift
+  test-churn       1000 connections/s for 30 s, each one a single 1 KiB message
+                   then QUIT (rapid connection creation and destruction)
+  test-capacity    capacity search (loadgen --mode capacity --slo "$SLO"): steps of
+                   rising rate until the SLO breaks, then bisection to 5%; the
+                   highest rate meeting the SLO, or "at least X" when the generator
+                   saturated first
+  test-shapes      the five tests above (ramp, spike, soak, churn, capacity), with
+                   the cooldown between them
+  test-limits      start the servers with the limits profile (docker/stress-test-
+                   limits.toml / .env) and run `loadgen limits` against each (in
+                   parallel, about a minute): connection and rate limits, timeouts,
+                   message size, recipients, and the servers' counters; prints a
+                   table per server, exits 1 when a case failed. Needs no servers
+                   running. Under Docker the suite runs in load-generator containers
+                   (one source address each): the per-IP limits are lifted there and
+                   the per-IP cases skip, saying so
   run-custom ARGS  run loadgen with ARGS passed through; added when not given:
                    --servers (the running servers), --output
                    results/<stamp>-custom.json, --test-type custom, under
@@ -130,16 +167,29 @@ Options (before or after the verb; after run-custom everything goes to loadgen):
                    Docker: 1-5, local: 1-20)
   --local          run the servers as local processes on 127.0.0.1
   --docker         run the servers with Docker Compose
-  --cooldown D     pause between the tests of test-all (default 10s): 30s, 2m,
-                   1h30m, 150ms or plain seconds
+  --cooldown D     pause between the tests of test-all and test-shapes (default
+                   10s): 30s, 2m, 1h30m, 150ms or plain seconds; when given, also
+                   test-capacity's pause between steps (loadgen's --cooldown,
+                   default 5s)
   --messages N     the message count of the burst tests (quick, burst, heavy, mixed;
                    mixed keeps its size weights), e.g. for a short trial run
-  --duration D     the length of test-sustained (default 60s), same grammar
+  --duration D     the length of test-sustained (default 60s), same grammar; also
+                   shortens the shapes, rates unchanged: test-ramp and test-spike
+                   take D in all (each part scaled alike), test-churn and
+                   test-soak last D, test-capacity's steps last D each
+  --soak-duration D  the length of test-soak (default 10m; wins over --duration)
+  --slo GATES      test-capacity's SLO, comma-separated gates in the grammar of
+                   analyze check / loadgen --require (default
+                   'p99<=500ms,success_rate>=99.9'); latency is judged corrected
   --tls MODE       none (default), starttls or implicit: the servers start with a
                    generated certificate (docker/stress-test-tls.toml / .env), STARTTLS
                    and an implicit-TLS port, and loadgen runs with --tls MODE, checking
                    their certificates with --tls-ca (the CAs the servers wrote);
                    implicit targets the implicit-TLS ports (containers: 465)
+  --target HOST:PORT  test your own server instead: no server of ours is started
+                   or stopped, loadgen (on this host) sends to HOST:PORT (several:
+                   comma separated); --tls MODE checks its certificate against the
+                   system's roots; with the tests and run-custom only
   --results        with clean: also delete everything in results/
 
 Every option is checked before anything starts; a bad one exits 2 and names it.
@@ -400,6 +450,7 @@ local_start() {
         logdir="$RESULTS_DIR/server$n-logs"
         mkdir -p "$logdir"
         local config=$SERVER_CONFIG tls_flags=()
+        ((LIMITS_PROFILE == 0)) || config=$SERVER_CONFIG_LIMITS
         if [[ "$SERVERS_TLS_MODE" != none ]]; then
             # The TLS variant: its CA where loadgen's --tls-ca bundle is made from, and
             # implicit TLS on a free port (logged as implicit_tls_addr=).
@@ -601,6 +652,10 @@ docker_start() {
     if [[ "$SERVERS_TLS_MODE" != none ]]; then
         export STAMPEDE_SERVER_ENV="$SERVER_ENV_TLS"
     fi
+    if ((LIMITS_PROFILE != 0)); then
+        STAMPEDE_SERVER_ENV="$(limits_docker_env)"
+        export STAMPEDE_SERVER_ENV
+    fi
     # Services beyond N (from an earlier, larger start) are stopped so the count holds.
     local extra=()
     for ((n = SERVERS + 1; n <= MAX_DOCKER_SERVERS; n++)); do extra+=("smtp-server-$n"); done
@@ -777,7 +832,7 @@ cmd_logs() {
 run_loadgen() {
     local test_name=$1 run_stamp
     shift
-    local args=("$@") have_servers=0 have_output=0 have_monitor=0 have_type=0 have_tls=0 a output
+    local args=("$@") have_servers=0 have_output=0 have_monitor=0 have_type=0 have_tls=0 a output status=0
     for a in "${args[@]}"; do
         case "$a" in
             --servers | --servers=*) have_servers=1 ;;
@@ -809,7 +864,13 @@ run_loadgen() {
     ((have_type == 1)) || args+=(--test-type "$test_name")
     local tls_ca="$TLS_DIR/ca-bundle.pem"
     [[ "$BACKEND" == local ]] || tls_ca=/tls/ca-bundle.pem   # the generator's mount
-    if ((have_tls == 0)) && [[ "$TLS_MODE" != none ]]; then
+    if [[ -n "$TARGET" ]]; then
+        # The target's certificate is checked against the system's roots (add
+        # --tls-ca through run-custom for a private CA).
+        ((have_tls == 1)) || [[ "$TLS_MODE" == none ]] || args+=(--tls "$TLS_MODE")
+        ((have_servers == 1)) || args+=(--servers "$TARGET")
+        have_servers=1
+    elif ((have_tls == 0)) && [[ "$TLS_MODE" != none ]]; then
         tls_ca_bundle
         args+=(--tls "$TLS_MODE" --tls-ca "$tls_ca")
     fi
@@ -819,7 +880,7 @@ run_loadgen() {
         local)
             ((have_servers == 1)) || args+=(--servers "$(local_servers_list)")
             info "loadgen ${args[*]}"
-            "$RELEASE_DIR/loadgen" "${args[@]}"
+            "$RELEASE_DIR/loadgen" "${args[@]}" || status=$?
             ;;
         docker)
             local port=2525
@@ -835,9 +896,13 @@ run_loadgen() {
                 STAMPEDE_HOST_NAME="$(uname -n)" STAMPEDE_HOST_CPUS="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)" \
                 STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
                 STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
-                compose run "${run_opts[@]}" load-generator "${args[@]}"
+                compose run "${run_opts[@]}" load-generator "${args[@]}" || status=$?
             ;;
     esac
+    # 99: the run was carried out and written, and a gate (--require) was missed:
+    # present_result shows it, then the script exits 99. Anything else stops here.
+    ((status == 0 || status == 99)) || exit "$status"
+    LOADGEN_STATUS=$status
     LAST_RESULT="$output"
     LAST_STAMP="$run_stamp"
 }
@@ -868,8 +933,16 @@ present_result() {
     else
         warn "analyze chart failed; the result itself is fine"
     fi
-    cmd_logs "$LAST_STAMP-$test_name" >/dev/null
-    ok "result ${file}; server logs in results/server<N>-logs/ and results/$LAST_STAMP-$test_name-logs.tar.gz"
+    if [[ -n "$TARGET" ]]; then
+        ok "result ${file} (the target's logs are its own)"
+    else
+        cmd_logs "$LAST_STAMP-$test_name" >/dev/null
+        ok "result ${file}; server logs in results/server<N>-logs/ and results/$LAST_STAMP-$test_name-logs.tar.gz"
+    fi
+    if ((LOADGEN_STATUS == 99)); then
+        warn "a gate was missed (loadgen exit 99; the gates are in the table above)"
+        exit 99
+    fi
 }
 
 # True when the servers that `start` left running are not as many as --servers asks
@@ -897,6 +970,13 @@ scale_servers() {
 # Makes sure servers of the chosen backend and count are up; starts them (and
 # arranges to stop them at exit) when none are running, scales running ones.
 ensure_servers() {
+    if [[ -n "$TARGET" ]]; then
+        # --target: somebody else's server; nothing of ours starts or stops.
+        BACKEND=local
+        ensure_binaries loadgen analyze
+        info "target: $TARGET (no server of ours is started; loadgen runs on this host)"
+        return 0
+    fi
     choose_backend
     ensure_binaries
     if servers_recorded; then
@@ -919,6 +999,8 @@ ensure_servers() {
 
 on_exit() {
     local status=$?
+    # test-limits' suites, when the script ends before they do (Ctrl-C, an error).
+    ((${#LIMITS_PIDS[@]} == 0)) || kill "${LIMITS_PIDS[@]}" 2>/dev/null || true
     if ((OWNED_SERVERS == 1)); then
         ((status == 0)) || warn "stopping the servers this run started"
         # Keep the logs of a failed run before the containers go, and say where.
@@ -1005,22 +1087,233 @@ cmd_run_custom() {
 }
 
 # ---------------------------------------------------------------------------------
+# test-limits: `loadgen limits` against each server, started with the limits profile.
+
+# The containers' settings: the limits profile with the per-IP limits lifted. A
+# load-generator container connects from one address, so a per-IP limit would trip
+# the global cases; the per-IP cases skip (they need a second address) and say so.
+limits_docker_env() {
+    local env="$STATE_DIR/stress-test-limits-docker.env"
+    mkdir -p "$STATE_DIR"
+    {
+        grep -v -e '^SMTP_MAX_CONNECTIONS_PER_IP=' -e '^SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP=' "$ROOT/$SERVER_ENV_LIMITS"
+        echo "# test-limits under Docker: one source address per generator container"
+        echo "SMTP_MAX_CONNECTIONS_PER_IP=100000"
+        echo "SMTP_MAX_REQUESTS_PER_WINDOW_PER_IP=100000"
+    } >"$env"
+    echo "$env"
+}
+
+# Starts `loadgen limits` against server $1 in the background, its document in $2
+# and its output in $3; its PID in LIMITS_PID (not printed: a command substitution
+# would make it the child of a subshell, which `wait` cannot wait for).
+limits_suite_start() {
+    local n=$1 doc=$2 log=$3
+    case "$BACKEND" in
+        local)
+            "$RELEASE_DIR/loadgen" limits --server "127.0.0.1:$(local_smtp_port "$n")" \
+                --admin "http://127.0.0.1:$(local_admin_port "$n")" -q -o "$doc" >"$log" 2>&1 </dev/null &
+            ;;
+        docker)
+            STAMPEDE_UID="$(id -u)" STAMPEDE_GID="$(id -g)" \
+                STAMPEDE_DOCKER_GID="$(stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)" \
+                compose run --rm -T load-generator limits --server "smtp-server-$n:2525" \
+                --admin "http://smtp-server-$n:8080" -q -o "/$doc" >"$log" 2>&1 </dev/null &
+            ;;
+    esac
+    LIMITS_PID=$!
+}
+
+cmd_test_limits() {
+    choose_backend
+    [[ "$TLS_MODE" == none ]] || usage_error "--tls $TLS_MODE: test-limits checks the plaintext SMTP port"
+    if servers_recorded; then
+        die "servers are running ($(cat "$BACKEND_FILE")), with the stress settings; test-limits starts its own with the limits profile: run 'scripts/stress-test.sh stop' first"
+    fi
+    ensure_binaries
+    LIMITS_PROFILE=1
+    trap on_exit EXIT
+    case "$BACKEND" in
+        local) local_start ;;
+        docker) docker_start ;;
+    esac
+    local run_stamp n docs=() logs=() status failed=0
+    run_stamp="$(stamp)"
+    mkdir -p "$RESULTS_DIR"
+    info "loadgen limits against $SERVERS server(s), in parallel (about a minute)"
+    for ((n = 1; n <= SERVERS; n++)); do
+        docs+=("results/$run_stamp-limits-server$n.json")
+        logs+=("$STATE_DIR/limits-server$n.log")
+        limits_suite_start "$n" "${docs[$((n - 1))]}" "${logs[$((n - 1))]}"
+        LIMITS_PIDS+=("$LIMITS_PID")
+    done
+    for ((n = 1; n <= SERVERS; n++)); do
+        status=0
+        wait "${LIMITS_PIDS[$((n - 1))]}" || status=$?
+        echo
+        info "server $n: loadgen limits exited $status"
+        if [[ -f "${docs[$((n - 1))]}" ]]; then
+            "$RELEASE_DIR/analyze" show "${docs[$((n - 1))]}" || warn "analyze show failed; the document is ${docs[$((n - 1))]}"
+        else
+            cat "${logs[$((n - 1))]}" >&2
+        fi
+        ((status == 0)) || failed=$((failed + 1))
+    done
+    LIMITS_PIDS=()
+    echo
+    if ((failed > 0)); then
+        die "test-limits: the suite failed against $failed of $SERVERS server(s) (documents: results/$run_stamp-limits-server<N>.json)"
+    fi
+    ok "test-limits: every case that ran passed against all $SERVERS server(s) (documents: results/$run_stamp-limits-server<N>.json)"
+}
+
+# ---------------------------------------------------------------------------------
+# Load shapes (issue 11): ramp, spike, soak, churn and the capacity search. Time
+# shapes, not message counts: --duration shortens them (rates unchanged), so a
+# shortened shape still runs every part of its curve.
+
+SHAPES=(ramp spike soak churn capacity)
+
+# Prints $1 seconds scaled by $2 as a duration loadgen reads, in whole milliseconds
+# (a shortened shape keeps sub-second parts: 60 s x 0.05 = 3000ms).
+scaled_ms() { awk -v s="$1" -v f="$2" 'BEGIN { printf "%dms", s * f * 1000 + 0.5 }'; }
+
+# The factor that fits a shape of $1 seconds into --duration (1 without it).
+shape_scale() {
+    [[ -n "$DURATION_ARG" ]] || { echo 1; return; }
+    awk -v d="$(duration_seconds --duration "$DURATION_ARG")" -v n="$1" 'BEGIN { print d / n }'
+}
+
+# loadgen flags of a shape. Ramp and spike are stages curves (open model, fixed
+# timetable, corrected latency); --workers is raised above the default 50 so that
+# the generator, not the cap on sessions in flight, is what a spike meets last.
+shape_flags() {
+    local f
+    case "$1" in
+        ramp)
+            # 0 -> 2000/s over 60 s, then 2000/s held for 30 s.
+            f="$(shape_scale 90)"
+            echo "--mode stages --stages $(scaled_ms 60 "$f"):2000,$(scaled_ms 30 "$f"):2000 --workers 400 --size medium"
+            ;;
+        spike)
+            # 200/s, a step to 4000/s held 10 s, a step back to 200/s for 30 s; the
+            # 20 s before the step are the baseline the recovery is judged against.
+            f="$(shape_scale 60)"
+            echo "--mode stages --start-rate 200 --stages $(scaled_ms 20 "$f"):200,0s:4000,$(scaled_ms 10 "$f"):4000,0s:200,$(scaled_ms 30 "$f"):200 --workers 400 --size medium"
+            ;;
+        soak)
+            echo "--mode sustained --rate 100 --duration ${SOAK_DURATION_ARG:-${DURATION_ARG:-$DEFAULT_SOAK}} --size medium"
+            ;;
+        churn)
+            # One message per connection, small, at a high rate: the cost measured is
+            # the connection's (accept, banner, EHLO, QUIT, close), not the data's.
+            echo "--mode sustained --rate 1000 --duration ${DURATION_ARG:-30s} --msgs-per-conn 1 --size small --workers 200"
+            ;;
+        capacity)
+            local timing=""
+            [[ -z "$DURATION_ARG" ]] || timing+=" --step-duration $DURATION_ARG"
+            ((COOLDOWN_SET == 0)) || timing+=" --cooldown ${COOLDOWN_S}s"
+            # 400 sessions, as for ramp and spike: a step should meet the server's
+            # limit, not the cap on sessions in flight (a step that does is marked
+            # generator-saturated and the answer becomes "at least").
+            echo "--mode capacity --slo $SLO$timing --workers 400 --size medium"
+            ;;
+        *) return 1 ;;
+    esac
+}
+
+run_shape() {
+    local name=$1 flags sampler=""
+    flags="$(shape_flags "$name")"
+    info "test-$name: $flags"
+    # Local servers have no container to sample: the soak records their RSS itself.
+    if [[ "$name" == soak && "$BACKEND" == local ]]; then
+        SOAK_MEMORY="$(mktemp "${TMPDIR:-/tmp}/stampede-soak-memory.XXXXXX")"
+        sample_local_memory "$SOAK_MEMORY" &
+        sampler=$!
+    fi
+    # The SLO holds no spaces or globs (check_shape_options): word splitting is
+    # intended.
+    # shellcheck disable=SC2086
+    run_loadgen "$name" $flags
+    if [[ -n "$sampler" ]]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+    fi
+    present_result "$name"
+    [[ -z "$sampler" ]] || report_local_memory "$SOAK_MEMORY"
+}
+
+# Every 5 s, one line per local server: seconds since the start, server, RSS in KiB.
+# Runs in the background until run_shape kills it, or until the script ($$ in this
+# subshell too) or the servers' pid file is gone.
+sample_local_memory() {
+    local samples=$1 start=$SECONDS n pid port rss
+    echo "t_s,server,rss_kib" >"$samples"
+    while kill -0 "$$" 2>/dev/null && [[ -f "$PID_FILE" ]]; do
+        while read -r n pid port _; do
+            is_our_server "$pid" "$port" || continue
+            rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)" || continue
+            [[ -n "$rss" ]] && echo "$((SECONDS - start)),smtp-server-$n,$rss" >>"$samples"
+        done <"$PID_FILE"
+        sleep 5
+    done
+}
+
+# Keeps the samples beside the result and prints each server's first and last RSS.
+report_local_memory() {
+    local samples=$1 csv="${LAST_RESULT%.json}-memory.csv"
+    mv "$samples" "$csv"
+    echo
+    awk -F, 'NR > 1 { if (!($2 in first)) { first[$2] = $3; order[++n] = $2 } last[$2] = $3; t[$2] = $1 }
+        END { for (i = 1; i <= n; i++) { s = order[i]
+            printf "  %s: RSS %.1f MiB at the start, %.1f MiB after %d s (%+.1f MiB)\n",
+                s, first[s] / 1024, last[s] / 1024, t[s], (last[s] - first[s]) / 1024 } }' "$csv"
+    ok "memory samples (every 5 s) in $csv; latency over time in ${LAST_RESULT%.json}-charts/latency.png"
+}
+
+cmd_shape() {
+    ensure_servers
+    run_shape "$1"
+}
+
+cmd_test_shapes() {
+    local i results=()
+    ensure_servers
+    for ((i = 0; i < ${#SHAPES[@]}; i++)); do
+        if ((i > 0)); then
+            info "cooldown ${COOLDOWN_S} s"
+            sleep "$COOLDOWN_S"
+        fi
+        run_shape "${SHAPES[$i]}"
+        results+=("$LAST_RESULT")
+    done
+    ok "test-shapes: ${#SHAPES[@]} tests done"
+    summarize "${results[@]}"
+}
+
+# ---------------------------------------------------------------------------------
 # Command line: options are read in one place, wherever they stand, and all checked
 # before anything starts.
 
-VERBS=" build start stop clean status logs test-quick test-burst test-sustained test-heavy test-mixed test-all run-custom "
+VERBS=" build start stop clean status logs test-quick test-burst test-sustained test-heavy test-mixed test-all test-limits run-custom "
+# The shapes' verbs (see SHAPES).
+VERBS+="test-ramp test-spike test-soak test-churn test-capacity test-shapes "
 
 # Reads the verb and the options before and after it into the globals above. After
 # run-custom, everything belongs to loadgen.
 parse_args() {
     while (($# > 0)); do
         case "$1" in
-            --servers | --cooldown | --messages | --duration | --tls)
+            --servers | --cooldown | --messages | --duration | --tls | --soak-duration | --slo | --target)
                 (($# >= 2)) || usage_error "$1 needs a value"
                 set_option "$1" "$2"
                 shift 2
                 ;;
-            --servers=* | --cooldown=* | --messages=* | --duration=* | --tls=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            --servers=* | --cooldown=* | --messages=* | --duration=* | --tls=* | --soak-duration=* | --slo=* | --target=*)
+                set_option "${1%%=*}" "${1#*=}"
+                shift
+                ;;
             --local | --docker)
                 [[ -z "$BACKEND_FORCED" || "$BACKEND_FORCED" == "${1#--}" ]] ||
                     usage_error "--local and --docker exclude each other"
@@ -1051,6 +1344,9 @@ set_option() {
         --messages) MESSAGES_ARG=$2 ;;
         --duration) DURATION_ARG=$2 ;;
         --tls) TLS_MODE=$2; TLS_SET=1 ;;
+        --soak-duration) SOAK_DURATION_ARG=$2 ;;
+        --slo) SLO=$2 ;;
+        --target) TARGET=$2 ;;
     esac
 }
 
@@ -1088,9 +1384,13 @@ check_options() {
         usage_error "STAMPEDE_PROJECT '$COMPOSE_PROJECT': expected lowercase letters, digits, '-' and '_', starting with a letter or digit"
     if [[ -n "$COOLDOWN_ARG" ]]; then
         COOLDOWN_S="$(duration_seconds --cooldown "$COOLDOWN_ARG")"
+        COOLDOWN_SET=1
     elif [[ -n "${STAMPEDE_COOLDOWN:-}" ]]; then
         COOLDOWN_S="$(duration_seconds STAMPEDE_COOLDOWN "$STAMPEDE_COOLDOWN")"
+        COOLDOWN_SET=1
     fi
+    check_shape_options
+    check_target
     if [[ -n "${STAMPEDE_HEALTH_TIMEOUT:-}" ]]; then
         # Whole seconds: the wait loops count with bash's $SECONDS.
         HEALTH_TIMEOUT_S="$(duration_seconds STAMPEDE_HEALTH_TIMEOUT "$STAMPEDE_HEALTH_TIMEOUT" | awk '{ s = int($1); print (s < $1 ? s + 1 : s) }')"
@@ -1098,6 +1398,31 @@ check_options() {
     if [[ -n "${STAMPEDE_DOCKER_TIMEOUT:-}" ]]; then
         DOCKER_TIMEOUT_S="$(duration_seconds STAMPEDE_DOCKER_TIMEOUT "$STAMPEDE_DOCKER_TIMEOUT")"
     fi
+    return 0
+}
+
+# The shapes' options: --soak-duration in the duration grammar; --slo a list of
+# FIGURE OP VALUE gates (loadgen reads the grammar; this catches a typo before any
+# server starts, and keeps the value one word on loadgen's command line).
+check_shape_options() {
+    [[ -z "$SOAK_DURATION_ARG" ]] || duration_seconds --soak-duration "$SOAK_DURATION_ARG" >/dev/null
+    [[ -n "$SLO" ]] || usage_error "--slo: empty; expected gates such as '$DEFAULT_SLO'"
+    local gate='[A-Za-z][A-Za-z0-9_./]*(<=|>=|==|<|>)[0-9]+(\.[0-9]+)?(ms|us|s|%)?'
+    [[ "$SLO" =~ ^$gate(,$gate)*$ ]] ||
+        usage_error "--slo '$SLO': expected gates FIGURE OP VALUE, comma separated, without spaces (e.g. $DEFAULT_SLO)"
+}
+
+# --target: the tests and run-custom only, loadgen on this host, no servers of ours.
+check_target() {
+    [[ -n "$TARGET" ]] || return 0
+    [[ "$VERB" == test-* || "$VERB" == run-custom ]] ||
+        usage_error "--target: only the tests and run-custom take a target ($VERB acts on this script's own servers)"
+    # Host names, IPv4 and [IPv6] addresses with a port; no spaces or shell syntax.
+    local address='[][A-Za-z0-9.:_-]+'
+    [[ "$TARGET" =~ ^$address(,$address)*$ ]] ||
+        usage_error "--target '$TARGET': expected HOST:PORT, comma separated for several"
+    ((SERVERS_SET == 0)) || usage_error "--target and --servers exclude each other (list the target's addresses in --target)"
+    [[ "$BACKEND_FORCED" != docker ]] || usage_error "--target and --docker exclude each other (loadgen runs on this host)"
     return 0
 }
 
@@ -1141,6 +1466,9 @@ main() {
             cmd_test "${VERB#test-}"
             ;;
         test-all) cmd_test_all ;;
+        test-limits) cmd_test_limits ;;
+        test-ramp | test-spike | test-soak | test-churn | test-capacity) cmd_shape "${VERB#test-}" ;;
+        test-shapes) cmd_test_shapes ;;
         run-custom) cmd_run_custom "${LOADGEN_ARGS[@]}" ;;
     esac
 }

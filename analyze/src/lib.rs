@@ -11,6 +11,7 @@
 //! - output [`Format`]s of `check` and `compare`: text, markdown, JSON, JUnit XML.
 //! - [`draw_charts`]: PNG and SVG charts.
 //! - [`merge`]: one result from several generators' results.
+//! - [`show_limits`]: a `loadgen limits` document (`stampede.limits.v1`) as a table.
 //! - [`render_html`]: one self-contained HTML page of one run or a comparison.
 //!
 //! The modules stay private and only what the binary and the tests use is
@@ -22,6 +23,7 @@ mod check;
 mod compare;
 mod figures;
 mod html;
+mod limits;
 mod merge;
 mod output;
 mod significance;
@@ -37,6 +39,7 @@ pub use compare::{
 };
 pub use figures::format_ms;
 pub use html::{ReportRun, render as render_html, write_atomic};
+pub use limits::show as show_limits;
 pub use merge::merge;
 pub use output::Format;
 pub use significance::{ALPHA, Method, UTest, u_test};

@@ -70,7 +70,7 @@ enum Command {
     Latest(DirArgs),
     /// One result in full: config, messages, performance, latency, phases, servers, replies.
     Show {
-        /// A result file (Stampede or PrixFixe).
+        /// A result file (Stampede or PrixFixe), or a `loadgen limits` document.
         file: PathBuf,
     },
     /// One row of headline figures per result in the directory, newest first.
@@ -180,6 +180,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Latest(d) => latest(&d.dir),
         Command::Show { file } => {
+            if let Some(text) = analyze::show_limits(&file)? {
+                out!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let r = analyze::load(&file)?;
             out!("{}", analyze::show_table(&file, &r));
             Ok(ExitCode::SUCCESS)

@@ -344,6 +344,9 @@ pub struct CapacityArgs {
 
 /// `loadgen --help`'s closing section.
 pub const EXIT_CODES_HELP: &str = "\
+Commands:
+  limits  check that a server enforces its resource limits (loadgen limits --help)
+
 Exit codes:
   0    the run was carried out (and met every --require gate); a capacity
        search exits 0 whatever rate it found (the verdict is in the result)

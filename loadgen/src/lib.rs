@@ -18,6 +18,8 @@
 //!   `--abort-on-fail` watch during the run);
 //! - searching: `capacity` (`--mode capacity`: the rates to try, decided apart
 //!   from the runs, and each step run as a sustained run of its own).
+//! - `limits`: the `loadgen limits` suite (does a server enforce its resource
+//!   limits?), with its own small SMTP probe.
 //!
 //! The printer never measures and the client never formats.
 
@@ -27,6 +29,7 @@ mod cli;
 mod client;
 mod config;
 mod containers;
+pub mod limits;
 mod message;
 mod progress;
 mod require;

@@ -23,6 +23,10 @@ const EXIT_GATE_MISSED: u8 = 99;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    // `loadgen limits ...` is a command of its own; everything else is a load run.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "limits") {
+        return limits_main();
+    }
     let config = match Config::from_cli(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
@@ -117,4 +121,50 @@ async fn run(mut config: Config) -> anyhow::Result<RunResult> {
         }
     }
     Ok(result)
+}
+
+/// `loadgen limits`: 0 when every case that ran passed, 1 when one failed or the
+/// suite could not run, 2 for bad usage.
+fn limits_main() -> ExitCode {
+    use clap::Parser;
+    use loadgen::limits::{LimitsArgs, Settings};
+    let args = match LimitsArgs::try_parse_from(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let settings = match Settings::from_args(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("loadgen limits: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let document_path = settings.output.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen limits: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUN_FAILED);
+        }
+    };
+    match runtime.block_on(loadgen::limits::run(settings)) {
+        Ok(doc) => {
+            print!("{}", doc.table());
+            if let Some(path) = document_path {
+                println!("document: {}", path.display());
+            }
+            if doc.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUN_FAILED)
+            }
+        }
+        Err(e) => {
+            eprintln!("loadgen limits: error: {e:#}");
+            ExitCode::from(EXIT_RUN_FAILED)
+        }
+    }
 }

@@ -96,7 +96,8 @@ fn check_histograms(result: &RunResult, path: &Path) -> Result<(), ReportError> 
     Ok(())
 }
 
-pub(crate) fn save_atomic(result: &RunResult, path: &Path) -> Result<(), ReportError> {
+/// Writes any document (a result, a limits document) as pretty JSON, atomically.
+pub(crate) fn save_atomic<T: serde::Serialize>(result: &T, path: &Path) -> Result<(), ReportError> {
     let write_err = |cause| ReportError::Write {
         path: path.to_owned(),
         cause,

@@ -16,6 +16,7 @@ pub mod figures;
 pub mod gate;
 mod histogram;
 mod io;
+pub mod limits;
 mod phase;
 
 use std::collections::BTreeMap;
