@@ -62,10 +62,9 @@ pub struct CapacityStep {
     /// The gates it missed, as written.
     #[serde(default)]
     pub broke: Vec<String>,
-    /// The generator fell behind in this step (its timers ran behind, its CPU was
-    /// full, or its sessions were all busy while the server answered within the
-    /// SLO). A step that broke the SLO on the server's own service time or
-    /// success rate is still the server's break.
+    /// The generator, not the server, decided this step (its timers ran behind,
+    /// its CPU was full, or its sessions were all busy while the server answered
+    /// within the SLO): the search ends here with "at least".
     #[serde(default)]
     pub generator_saturated: bool,
 }
