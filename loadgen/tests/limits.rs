@@ -207,4 +207,8 @@ async fn loadgen_help_lists_the_limits_command() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--expect-max-connections-per-ip"), "{help}");
     assert!(help.contains("--max-case-time"), "{help}");
+    assert!(
+        help.contains("Usage: loadgen limits [OPTIONS] --server <SERVER>"),
+        "{help}"
+    );
 }

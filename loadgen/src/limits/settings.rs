@@ -21,6 +21,7 @@ pub const DEFAULT_LOOPBACK_SOURCES: &str = "127.0.0.2-127.0.0.254";
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "loadgen limits",
+    bin_name = "loadgen limits",
     about = "Checks that an SMTP server enforces its resource limits",
     after_help = LIMITS_HELP
 )]
