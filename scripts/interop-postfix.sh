@@ -98,17 +98,11 @@ cleanup() {
     if [[ -n "$SERVER_PID" ]]; then
         stop_pid "$SERVER_PID"
     fi
-    if [[ -n "$WORK" ]]; then
-        if ((status != 0)) && [[ -f "$WORK/maillog" ]]; then
-            echo "--- last lines of Postfix's log ($WORK/maillog):" >&2
-            tail -n 25 "$WORK/maillog" >&2 || true
-        fi
-        if [[ "${INTEROP_KEEP:-0}" == 1 ]]; then
-            echo "kept $WORK (INTEROP_KEEP=1)" >&2
-        else
-            rm -rf "$WORK"
-        fi
+    if ((status != 0)) && [[ -n "$WORK" && -f "$WORK/maillog" ]]; then
+        echo "--- last lines of Postfix's log ($WORK/maillog):" >&2
+        tail -n 25 "$WORK/maillog" >&2 || true
     fi
+    remove_unless_kept "$WORK" INTEROP_KEEP
     exit "$status"
 }
 trap cleanup EXIT

@@ -69,13 +69,7 @@ cleanup() {
     ((status != 0 || FAILED == 0)) || status=1
     postfix_instance_stop
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$WORK" ]]; then
-        if [[ "${LIMITS_KEEP:-0}" == 1 ]]; then
-            echo "kept $WORK (LIMITS_KEEP=1)" >&2
-        else
-            rm -rf "$WORK"
-        fi
-    fi
+    remove_unless_kept "$WORK" LIMITS_KEEP
     exit "$status"
 }
 trap cleanup EXIT

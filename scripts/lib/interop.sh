@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared by scripts/interop-postfix.sh and scripts/limits-interop.sh (sourced, not
-# run): processes stopped by PID, free loopback ports, waiting for a banner, and a
-# throwaway Postfix instance.
+# run): processes stopped by PID, free loopback ports, waiting for a banner, a
+# throwaway Postfix instance, and removing the temporary directory on exit.
 #
 # The instance lives in one directory the caller owns: conf/ (main.cf, master.cf),
 # queue/, data/, maillog (Postfix's log, via postlogd) and postfix-command.log (the
@@ -139,4 +139,16 @@ postfix_instance_stop() {
     postfix -c "$dir/conf" stop >>"$dir/postfix-command.log" 2>&1 || true
     [[ -z "$master_pid" ]] || stop_pid "$master_pid"
     POSTFIX_INSTANCE_DIR=""
+}
+
+# Removes the temporary directory $1 (when set), unless the variable named $2 (the
+# script's *_KEEP) is 1: then it says where the directory stays.
+remove_unless_kept() {
+    local dir=$1 keep=$2
+    [[ -n "$dir" ]] || return 0
+    if [[ "${!keep:-0}" == 1 ]]; then
+        echo "kept $dir ($keep=1)" >&2
+    else
+        rm -rf "$dir"
+    fi
 }
