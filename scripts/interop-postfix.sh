@@ -30,6 +30,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/interop.sh
+source "$ROOT/scripts/lib/interop.sh"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 MESSAGES="${INTEROP_MESSAGES:-200}"
 SNAKEOIL_CERT=/etc/ssl/certs/ssl-cert-snakeoil.pem
@@ -38,9 +40,8 @@ SNAKEOIL_KEY=/etc/ssl/private/ssl-cert-snakeoil.key
 START_TIMEOUT_S=20
 RELAY_TIMEOUT_S=60
 
-WORK=""            # the temporary directory: Postfix's directories, logs, results
+WORK=""            # the temporary directory: the Postfix instance's, logs, results
 SERVER_PID=""      # the smtp-server this script started
-POSTFIX_STARTED=0  # 1 once `postfix start` ran: stop it on exit
 FAILED=0
 
 pass() { printf 'PASS: %s\n' "$*"; }
@@ -74,8 +75,9 @@ fi
 # Prerequisites: a skip names what is missing.
 
 check_prerequisites() {
-    command -v postfix >/dev/null 2>&1 && command -v postconf >/dev/null 2>&1 ||
+    if ! command -v postfix >/dev/null 2>&1 || ! command -v postconf >/dev/null 2>&1; then
         skip "postfix is not installed (Debian: apt-get install postfix)"
+    fi
     ((EUID == 0)) || skip "postfix start needs root (run as root, e.g. in CI)"
     [[ -r "$SNAKEOIL_CERT" && -r "$SNAKEOIL_KEY" ]] ||
         skip "the snakeoil certificate ($SNAKEOIL_CERT, $SNAKEOIL_KEY) is missing (Debian: apt-get install ssl-cert)"
@@ -92,63 +94,23 @@ check_prerequisites() {
 cleanup() {
     local status=$?
     ((status != 0 || FAILED == 0)) || status=1
-    if ((POSTFIX_STARTED == 1)); then
-        stop_postfix
-    fi
+    postfix_instance_stop
     if [[ -n "$SERVER_PID" ]]; then
         stop_pid "$SERVER_PID"
     fi
-    if [[ -n "$WORK" ]]; then
-        if ((status != 0)) && [[ -f "$WORK/maillog" ]]; then
-            echo "--- last lines of Postfix's log ($WORK/maillog):" >&2
-            tail -n 25 "$WORK/maillog" >&2 || true
-        fi
-        if [[ "${INTEROP_KEEP:-0}" == 1 ]]; then
-            echo "kept $WORK (INTEROP_KEEP=1)" >&2
-        else
-            rm -rf "$WORK"
-        fi
+    if ((status != 0)) && [[ -n "$WORK" && -f "$WORK/maillog" ]]; then
+        echo "--- last lines of Postfix's log ($WORK/maillog):" >&2
+        tail -n 25 "$WORK/maillog" >&2 || true
     fi
+    remove_unless_kept "$WORK" INTEROP_KEEP
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# True when process $1 runs (a zombie has exited).
-running() {
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-# SIGTERM, up to 10 s to exit, then SIGKILL.
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 100); do
-        running "$pid" || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-# Stops this script's instance: `postfix -c DIR stop`, then its master process (from
-# the instance's own pid file) by PID if it is still there.
-stop_postfix() {
-    local master_pid
-    master_pid="$(tr -dc '0-9' <"$WORK/queue/pid/master.pid" 2>/dev/null || true)"
-    postfix -c "$WORK/conf" stop >>"$WORK/postfix-command.log" 2>&1 || true
-    if [[ -n "$master_pid" ]]; then
-        stop_pid "$master_pid"
-    fi
-    POSTFIX_STARTED=0
-}
-
 # ---------------------------------------------------------------------------------
 # The relay target: smtp-server on a free port, STARTTLS with a generated certificate.
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Prints the value of `key=` from the server's start-up line, waiting for it.
 server_log_value() {
@@ -181,34 +143,12 @@ server_stats() {
 # ---------------------------------------------------------------------------------
 # The Postfix instance.
 
-write_postfix_config() {
-    local conf=$WORK/conf
-    mkdir -p "$conf" "$WORK/queue" "$WORK/data"
-    # The master process locks files in data_directory as the mail owner.
-    chown "$(postconf -dh mail_owner)" "$WORK/data"
-    chmod 700 "$WORK/data"
-    cat >"$conf/main.cf" <<EOF
-# A throwaway instance for scripts/interop-postfix.sh; removed when it ends.
-compatibility_level = 3.6
-config_directory = $conf
-queue_directory = $WORK/queue
-data_directory = $WORK/data
-# No syslog needed: the instance logs to a file of its own (postlogd).
-maillog_file = $WORK/maillog
-maillog_file_prefixes = $WORK
-syslog_name = stampede-interop
-myhostname = postfix-interop.stampede.test
-# Loopback only; nothing is delivered locally, everything goes to the relay target.
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
+# The Postfix instance's own main.cf lines: relay everything to smtp-server.
+postfix_main_cf() {
+    cat <<EOF
+# Nothing is delivered locally, everything goes to the relay target.
 local_transport = error:local delivery is disabled in this instance
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 relayhost = [127.0.0.1]:$RELAY_PORT
-smtp_dns_support_level = disabled
 # The inbound side, as the issue asks: Debian's snakeoil certificate, TLS offered.
 smtpd_tls_cert_file = $SNAKEOIL_CERT
 smtpd_tls_key_file = $SNAKEOIL_KEY
@@ -218,63 +158,16 @@ smtpd_tls_loglevel = 1
 smtp_tls_security_level = encrypt
 smtp_tls_loglevel = 1
 EOF
-    # Debian's services without chroot (a chroot would need its own copies of
-    # /etc/services and friends) and with the one smtpd on the loopback port.
-    cat >"$conf/master.cf" <<EOF
-127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-tlsmgr     unix  - - n 1000? 1 tlsmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-EOF
 }
 
 start_postfix() {
     POSTFIX_PORT="$(free_port)"
     RELAY_PORT="${SERVER_ADDR##*:}"
-    write_postfix_config
-    postfix -c "$WORK/conf" check >>"$WORK/postfix-command.log" 2>&1 ||
-        abort "postfix -c $WORK/conf check failed: $(cat "$WORK/postfix-command.log")"
-    POSTFIX_STARTED=1
-    postfix -c "$WORK/conf" start >>"$WORK/postfix-command.log" 2>&1 ||
-        abort "postfix -c $WORK/conf start failed: $(cat "$WORK/postfix-command.log")"
-    wait_for_banner "$POSTFIX_PORT"
+    postfix_instance_write "$WORK" interop "$POSTFIX_PORT" "$(postfix_main_cf)"
+    postfix_instance_start "$WORK" || abort "$POSTFIX_INSTANCE_ERROR"
+    wait_for_banner "$POSTFIX_PORT" "$START_TIMEOUT_S" ||
+        abort "Postfix does not greet on 127.0.0.1:$POSTFIX_PORT within ${START_TIMEOUT_S} s"
     echo "Postfix $(postconf -dh mail_version) (instance $WORK/conf): 127.0.0.1:$POSTFIX_PORT, relayhost [127.0.0.1]:$RELAY_PORT"
-}
-
-# Waits until 127.0.0.1:$1 greets with 220.
-wait_for_banner() {
-    local port=$1 deadline=$((SECONDS + START_TIMEOUT_S))
-    while ((SECONDS < deadline)); do
-        python3 - "$port" <<'EOF' 2>/dev/null && return 0
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2)
-s.settimeout(5)
-ok = s.recv(512).startswith(b"220")
-s.sendall(b"QUIT\r\n")
-s.close()
-sys.exit(0 if ok else 1)
-EOF
-        sleep 0.2
-    done
-    abort "Postfix does not greet on 127.0.0.1:$port within ${START_TIMEOUT_S} s"
 }
 
 # ---------------------------------------------------------------------------------

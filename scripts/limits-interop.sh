@@ -31,6 +31,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/interop.sh
+source "$ROOT/scripts/lib/interop.sh"
 BIN="${LIMITS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 VENV="${LIMITS_AIOSMTPD_VENV:-$ROOT/results/.stampede/aiosmtpd-venv}"
 START_TIMEOUT_S=20
@@ -49,7 +51,6 @@ PROFILE_EXPECTATIONS=(--expect-max-connections 20 --expect-max-connections-per-i
 
 WORK=""
 PIDS=()            # servers this script started (smtp-sink, aiosmtpd)
-POSTFIX_STARTED=0
 FAILED=0
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 
@@ -63,67 +64,22 @@ if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
 fi
 (($# == 0)) || { echo "usage: scripts/limits-interop.sh (no arguments; see --help)" >&2; exit 2; }
 
-running() {
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-# SIGTERM, up to 10 s to exit, then SIGKILL.
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 100); do
-        running "$pid" || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-stop_postfix() {
-    local master_pid
-    master_pid="$(tr -dc '0-9' <"$WORK/postfix/queue/pid/master.pid" 2>/dev/null || true)"
-    postfix -c "$WORK/postfix/conf" stop >>"$WORK/postfix-command.log" 2>&1 || true
-    [[ -z "$master_pid" ]] || stop_pid "$master_pid"
-    POSTFIX_STARTED=0
-}
-
 cleanup() {
     local status=$? pid
     ((status != 0 || FAILED == 0)) || status=1
-    ((POSTFIX_STARTED == 0)) || stop_postfix
+    postfix_instance_stop
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [[ -n "$WORK" ]]; then
-        if [[ "${LIMITS_KEEP:-0}" == 1 ]]; then
-            echo "kept $WORK (LIMITS_KEEP=1)" >&2
-        else
-            rm -rf "$WORK"
-        fi
-    fi
+    remove_unless_kept "$WORK" LIMITS_KEEP
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # Waits until 127.0.0.1:$1 greets with 220; $2 names the server.
-wait_for_banner() {
-    local port=$1 deadline=$((SECONDS + START_TIMEOUT_S))
-    while ((SECONDS < deadline)); do
-        python3 - "$port" <<'EOF' 2>/dev/null && return 0
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2)
-s.settimeout(5)
-ok = s.recv(512).startswith(b"220")
-s.sendall(b"QUIT\r\n")
-s.close()
-sys.exit(0 if ok else 1)
-EOF
-        sleep 0.2
-    done
-    fail "$2 does not greet on 127.0.0.1:$port within ${START_TIMEOUT_S} s"
+greets() {
+    wait_for_banner "$1" "$START_TIMEOUT_S" && return 0
+    fail "$2 does not greet on 127.0.0.1:$1 within ${START_TIMEOUT_S} s"
     return 1
 }
 
@@ -171,7 +127,7 @@ run_smtp_sink() {
     ((EUID != 0)) || user=(-u nobody)
     smtp-sink "${user[@]}" "127.0.0.1:$port" 1024 >"$WORK/smtp-sink.log" 2>&1 </dev/null &
     PIDS+=($!)
-    wait_for_banner "$port" smtp-sink || return 0
+    greets "$port" smtp-sink || return 0
     suite smtp-sink "$port" 1 "${PROFILE_EXPECTATIONS[@]}"
 }
 
@@ -188,37 +144,17 @@ run_aiosmtpd() {
     "$VENV/bin/python" -m aiosmtpd -n -c aiosmtpd.handlers.Sink -l "127.0.0.1:$port" \
         >"$WORK/aiosmtpd.log" 2>&1 </dev/null &
     PIDS+=($!)
-    wait_for_banner "$port" aiosmtpd || return 0
+    greets "$port" aiosmtpd || return 0
     suite aiosmtpd "$port" 1 "${PROFILE_EXPECTATIONS[@]}"
 }
 
-write_postfix_config() {
-    local dir=$WORK/postfix
-    mkdir -p "$dir/conf" "$dir/queue" "$dir/data"
-    chown "$(postconf -dh mail_owner)" "$dir/data"
-    chmod 700 "$dir/data"
-    cat >"$dir/conf/main.cf" <<EOF
-# A throwaway instance for scripts/limits-interop.sh; removed when it ends.
-compatibility_level = 3.6
-config_directory = $dir/conf
-queue_directory = $dir/queue
-data_directory = $dir/data
-maillog_file = $WORK/maillog
-maillog_file_prefixes = $WORK
-syslog_name = stampede-limits
-myhostname = postfix-limits.stampede.test
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+# The Postfix instance's own main.cf lines: its limits, and nothing leaves.
+postfix_main_cf() {
+    cat <<EOF
 # Nothing leaves: accepted mail is discarded.
 default_transport = discard:limits suite
 local_transport = discard:limits suite
 relay_transport = discard:limits suite
-smtp_dns_support_level = disabled
 # The limits under test. anvil counts per client address; by default clients in
 # mynetworks are exempt, which would exempt every loopback address.
 smtpd_client_event_limit_exceptions =
@@ -229,43 +165,16 @@ smtpd_timeout = ${PF_TIMEOUT_S}s
 message_size_limit = $PF_SIZE_LIMIT
 smtpd_recipient_limit = $PF_RCPT_LIMIT
 EOF
-    cat >"$dir/conf/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-EOF
 }
 
 run_postfix() {
     command -v postfix >/dev/null 2>&1 || { skip "postfix: not installed (Debian: apt-get install postfix)"; return 0; }
     ((EUID == 0)) || { skip "postfix: starting an instance needs root"; return 0; }
+    local dir=$WORK/postfix
     PF_PORT="$(free_port)"
-    write_postfix_config
-    if ! postfix -c "$WORK/postfix/conf" check >>"$WORK/postfix-command.log" 2>&1; then
-        fail "postfix check failed: $(cat "$WORK/postfix-command.log")"
-        return 0
-    fi
-    POSTFIX_STARTED=1
-    if ! postfix -c "$WORK/postfix/conf" start >>"$WORK/postfix-command.log" 2>&1; then
-        fail "postfix start failed: $(cat "$WORK/postfix-command.log")"
-        return 0
-    fi
-    wait_for_banner "$PF_PORT" postfix || return 0
+    postfix_instance_write "$dir" limits "$PF_PORT" "$(postfix_main_cf)"
+    postfix_instance_start "$dir" || { fail "$POSTFIX_INSTANCE_ERROR"; return 0; }
+    greets "$PF_PORT" postfix || return 0
     # The banner check spent one connection of 127.0.0.1's rate; the suite's
     # sources are 127.0.0.2 and up.
     suite postfix "$PF_PORT" 0 \
@@ -274,9 +183,9 @@ run_postfix() {
         --expect-idle-timeout "${PF_TIMEOUT_S}s" \
         --expect-max-message-size "$PF_SIZE_LIMIT" \
         --expect-max-recipients "$PF_RCPT_LIMIT"
-    if ((FAILED == 1)) && [[ -f "$WORK/maillog" ]]; then
+    if ((FAILED == 1)) && [[ -f "$dir/maillog" ]]; then
         echo "--- last lines of Postfix's log:" >&2
-        tail -n 15 "$WORK/maillog" >&2 || true
+        tail -n 15 "$dir/maillog" >&2 || true
     fi
 }
 

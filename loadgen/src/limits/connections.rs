@@ -80,19 +80,15 @@ pub fn global(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
     let n = limit + limit.div_ceil(10).max(1);
     let expected = format!("{limit} banners, 421 for the other {}", n - limit);
     bounded(n).map_err(|r| skip(expected.clone(), r))?;
-    let cap = plan::per_address_cap(&ctx.expect);
-    let sources = plan::spread(n, &ctx.settings.sources, ctx.cursor(), cap)
+    let sources = ctx
+        .spread_sources(n)
         .map_err(|r| skip(expected.clone(), r))?;
     let offsets = plan::open_offsets(n, limit, &[ctx.expect.rate]);
     let estimate = offsets.last().copied().unwrap_or(0.0) + n as f64 * ATTEMPT_COST_S + 1.0;
     if let Some(r) = plan::too_long(estimate, ctx.settings.max_case_time.as_secs_f64()) {
         return Err(skip(expected, r));
     }
-    let used = sources
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    ctx.advance(used);
+    ctx.advance_past(&sources);
     Ok(super::Plan::Connections(Plan {
         limit,
         per_ip: false,
@@ -178,37 +174,15 @@ impl Plan {
             }
             tokio::time::sleep_until(at.into()).await;
             let door = knock(*source, settings.server, settings.reply_timeout).await;
-            counts.attempts += 1;
-            seen.note(door.label());
-            match door {
-                Door::Banner(probe) => {
-                    counts.banners += 1;
-                    held.spawn(hold(probe, self.keepalive, stop.clone()));
-                }
-                Door::Reply(r) if r.code == 421 => counts.refused += 1,
-                Door::Closed => counts.closed += 1,
-                _ => counts.other += 1,
+            if let Some(probe) = tally(door, &mut counts, &mut seen) {
+                held.spawn(hold(probe, self.keepalive, stop.clone()));
             }
         }
         let other = match self.other {
-            Some(source) => Some(knock(source, settings.server, settings.reply_timeout).await),
+            Some(source) => Some(serve_other(source, ctx, &mut seen).await),
             None => None,
         };
-        let mut other_problem = None;
-        let mut other_banner = 0;
-        if let Some(door) = other {
-            seen.note(format!("other address: {}", door.label()));
-            match door {
-                Door::Banner(probe) => {
-                    other_banner = 1;
-                    probe.quit().await;
-                }
-                d => {
-                    other_problem =
-                        Some(format!("the other address was not served ({})", d.label()))
-                }
-            }
-        }
+        let other_banner = u64::from(matches!(other, Some(Ok(()))));
         stop.cancel();
         let mut lost = BTreeMap::new();
         while let Some(ended) = held.join_next().await {
@@ -228,7 +202,7 @@ impl Plan {
                 self.attempts.len()
             ));
         }
-        extra.extend(other_problem);
+        extra.extend(other.and_then(Result::err));
         if self.per_ip && other_banner == 1 {
             judgement.observed += "; other address served";
         }
@@ -238,6 +212,41 @@ impl Plan {
             seen,
             connections: counts.attempts + u64::from(self.other.is_some()),
         }
+    }
+}
+
+/// Counts one attempt of a connection case by what met it at the door, and notes
+/// it; a banner's session is handed back to be held or ended.
+pub fn tally(door: Door, counts: &mut DoorCounts, seen: &mut Seen) -> Option<Probe> {
+    counts.attempts += 1;
+    seen.note(door.label());
+    match door {
+        Door::Banner(probe) => {
+            counts.banners += 1;
+            return Some(probe);
+        }
+        Door::Reply(r) if r.code == 421 => counts.refused += 1,
+        Door::Closed => counts.closed += 1,
+        _ => counts.other += 1,
+    }
+    None
+}
+
+/// The per-IP cases' last check: a session from another address, which must be
+/// served (its banner, then QUIT). Err: what came instead.
+pub async fn serve_other(
+    source: Option<IpAddr>,
+    ctx: &Ctx<'_>,
+    seen: &mut Seen,
+) -> Result<(), String> {
+    let door = knock(source, ctx.settings.server, ctx.settings.reply_timeout).await;
+    seen.note(format!("other address: {}", door.label()));
+    match door {
+        Door::Banner(probe) => {
+            probe.quit().await;
+            Ok(())
+        }
+        d => Err(format!("the other address was not served ({})", d.label())),
     }
 }
 

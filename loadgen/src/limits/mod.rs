@@ -26,6 +26,7 @@ mod rate;
 mod session;
 mod settings;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -83,12 +84,19 @@ impl<'a> Ctx<'a> {
         out
     }
 
-    pub fn cursor(&self) -> usize {
-        self.cursor
+    /// `n` attempts spread from the cursor over as few source addresses as keep
+    /// each under the expected per-IP limits ([`plan::spread`]). The cursor stays
+    /// until [`Ctx::advance_past`]: a case may still be skipped.
+    pub fn spread_sources(&self, n: u64) -> Result<Vec<Option<IpAddr>>, String> {
+        let cap = plan::per_address_cap(&self.expect);
+        plan::spread(n, &self.settings.sources, self.cursor, cap)
     }
 
-    pub fn advance(&mut self, by: usize) {
-        self.cursor = (self.cursor + by) % self.settings.sources.len();
+    /// Moves the cursor past the addresses `sources` (from
+    /// [`Ctx::spread_sources`]) uses.
+    pub fn advance_past(&mut self, sources: &[Option<IpAddr>]) {
+        let used = sources.iter().collect::<BTreeSet<_>>().len();
+        self.cursor = (self.cursor + used) % self.settings.sources.len();
     }
 
     /// Records that a case took `global` tokens from the global bucket and at most

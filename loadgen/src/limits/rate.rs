@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use report::limits::RateLimit;
 
-use crate::limits::connections::{add_problems, most_from_one};
+use crate::limits::connections::{add_problems, most_from_one, serve_other, tally};
 use crate::limits::judge::{self, DoorCounts, Judgement, Skip};
 use crate::limits::plan::{self, MAX_CASE_CONNECTIONS};
 use crate::limits::probe::{Door, Seen, knock};
@@ -18,8 +18,11 @@ use crate::limits::{Ctx, Drained, Observed};
 const ATTEMPT_COST_S: f64 = 0.05;
 /// Recovery waits this many refill intervals for its token.
 const RECOVERY_WAIT: f64 = 1.5;
-/// After a fixed window ends, before the last try.
-const SETTLE_AFTER_WINDOW: Duration = Duration::from_millis(500);
+/// After a fixed window ends, before the last try. Postfix's anvil keeps time in
+/// whole seconds and starts a new window only once `now > start + unit`: up to a
+/// second after the window's end as measured from the case's start (and the first
+/// connection may fall in the next second). Half a second failed about half the runs.
+const SETTLE_AFTER_WINDOW: Duration = Duration::from_millis(1500);
 
 #[derive(Debug)]
 pub struct Plan {
@@ -77,18 +80,8 @@ pub fn global(ctx: &mut Ctx<'_>) -> Result<super::Plan, Skip> {
     let expected = expected_text(bucket, false);
     let n = attempts(bucket);
     check_bounds(n, ctx, &expected)?;
-    let sources = plan::spread(
-        n,
-        &ctx.settings.sources,
-        ctx.cursor(),
-        plan::per_address_cap(&ctx.expect),
-    )
-    .map_err(|r| skip(&expected, r))?;
-    let used = sources
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    ctx.advance(used);
+    let sources = ctx.spread_sources(n).map_err(|r| skip(&expected, r))?;
+    ctx.advance_past(&sources);
     Ok(super::Plan::Rate(Plan {
         bucket,
         per_ip: false,
@@ -142,16 +135,8 @@ impl Plan {
                 break;
             }
             let door = knock(*source, settings.server, settings.reply_timeout).await;
-            counts.attempts += 1;
-            seen.note(door.label());
-            match door {
-                Door::Banner(probe) => {
-                    counts.banners += 1;
-                    probe.quit().await;
-                }
-                Door::Reply(r) if r.code == 421 => counts.refused += 1,
-                Door::Closed => counts.closed += 1,
-                _ => counts.other += 1,
+            if let Some(probe) = tally(door, &mut counts, &mut seen) {
+                probe.quit().await;
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
@@ -165,14 +150,9 @@ impl Plan {
         }
         let mut other_banner = 0;
         if let Some(source) = self.other {
-            let door = knock(source, settings.server, settings.reply_timeout).await;
-            seen.note(format!("other address: {}", door.label()));
-            match door {
-                Door::Banner(probe) => {
-                    other_banner = 1;
-                    probe.quit().await;
-                }
-                d => problems.push(format!("the other address was not served ({})", d.label())),
+            match serve_other(source, ctx, &mut seen).await {
+                Ok(()) => other_banner = 1,
+                Err(problem) => problems.push(problem),
             }
         }
         let reason = if self.per_ip {
