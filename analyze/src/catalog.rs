@@ -15,10 +15,16 @@ pub struct Entry {
     pub when: DateTime<Utc>,
 }
 
-/// What a directory holds: the readable results, newest first, and the files that
-/// could not be read (each error names its file).
+/// What a directory holds: the readable results, newest first, the `loadgen limits`
+/// documents (`stampede.limits.v1`, by name), and the files that could not be read
+/// (each error names its file).
+///
+/// A limits document is not a result, but it is not a bad file either:
+/// `stress-test.sh test-limits` writes it into `results/` beside the runs, and
+/// `list` must not call that directory broken.
 pub struct Catalog {
     pub entries: Vec<Entry>,
+    pub limits: Vec<PathBuf>,
     pub bad: Vec<ReportError>,
 }
 
@@ -41,6 +47,7 @@ impl Catalog {
             paths.push(path);
         }
         let mut entries = Vec::new();
+        let mut limits = Vec::new();
         let mut bad = Vec::new();
         for path in paths {
             match report::load(&path) {
@@ -48,13 +55,23 @@ impl Catalog {
                     let when = result.start_time().unwrap_or_else(|| modified(&path));
                     entries.push(Entry { path, result, when });
                 }
+                Err(ReportError::UnknownSchema { schema, .. })
+                    if schema == report::limits::LIMITS_SCHEMA_V1 =>
+                {
+                    limits.push(path)
+                }
                 Err(e) => bad.push(e),
             }
         }
+        limits.sort();
         // Newest first; the file name breaks ties so the order is stable.
         entries.sort_by(|a, b| b.when.cmp(&a.when).then_with(|| b.path.cmp(&a.path)));
         bad.sort_by_key(|e| e.to_string());
-        Ok(Catalog { entries, bad })
+        Ok(Catalog {
+            entries,
+            limits,
+            bad,
+        })
     }
 
     /// Prints one line per unreadable file on stderr; true when there was any.

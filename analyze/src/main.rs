@@ -205,7 +205,18 @@ fn list(dir: &Path, render: impl Fn(&[Entry]) -> String) -> anyhow::Result<ExitC
     } else {
         outln!("{}", render(&catalog.entries));
     }
+    if !catalog.limits.is_empty() {
+        let names: Vec<String> = catalog.limits.iter().map(|p| catalog_name(p)).collect();
+        outln!("limits documents (analyze show FILE): {}", names.join(", "));
+    }
     Ok(exit_for_bad_files(&catalog))
+}
+
+/// A file's name without its directory, as the tables show results.
+fn catalog_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn exit_for_bad_files(catalog: &Catalog) -> ExitCode {

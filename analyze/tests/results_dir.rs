@@ -51,3 +51,42 @@ fn the_results_directory_comes_from_stampede_results_dir_unless_dir_is_given() {
         "{stdout}"
     );
 }
+
+/// `stress-test.sh test-limits` writes its `stampede.limits.v1` documents into
+/// `results/` beside the runs: `list` and `summary` name them and still exit 0,
+/// where an unreadable file would make them exit 2.
+#[test]
+fn limits_documents_in_the_results_directory_are_named_not_called_unreadable() {
+    use report::limits::{LIMITS_SCHEMA_V1, LimitsDocument};
+
+    let dir = tempfile::tempdir().unwrap();
+    let lat = spread(100, 1_000, 5_000);
+    Builder::burst(&lat, 2.0).write(dir.path(), "run.json");
+    let doc = LimitsDocument {
+        schema: LIMITS_SCHEMA_V1.into(),
+        server: "127.0.0.1:2525".into(),
+        admin: None,
+        started_at: chrono::Utc::now(),
+        duration_s: 1.0,
+        source_addresses: vec![],
+        max_case_time_s: 60.0,
+        expectations: Default::default(),
+        cases: vec![],
+    };
+    doc.save(&dir.path().join("limits-server1.json")).unwrap();
+
+    let (code, stdout) = analyze_with_env(dir.path(), dir.path(), &["list"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("run.json"), "{stdout}");
+    assert!(
+        stdout.contains("limits documents (analyze show FILE): limits-server1.json"),
+        "{stdout}"
+    );
+    let (code, stdout) = analyze_with_env(dir.path(), dir.path(), &["summary"]);
+    assert_eq!(code, 0, "{stdout}");
+
+    // A file that really cannot be read still makes list exit 2.
+    std::fs::write(dir.path().join("broken.json"), "{").unwrap();
+    let (code, _) = analyze_with_env(dir.path(), dir.path(), &["list"]);
+    assert_eq!(code, 2);
+}
