@@ -604,20 +604,12 @@ fn load_shape(a: &Args, mode: &Mode) -> Result<(ArrivalsArg, u64, Duration), Con
             return Err(invalid("start-rate", "needs --mode stages or capacity"));
         }
     }
-    if capacity {
-        // Each step is a sustained run: arrivals apply; a warmup would leave part
-        // of each step out of the verdict, which the step's length already covers.
-        if a.warmup.is_some() {
-            return Err(invalid("warmup", "needs --mode sustained or stages"));
-        }
-        return Ok((
-            a.arrivals,
-            a.seed.unwrap_or_else(rand::random),
-            Duration::ZERO,
-        ));
-    }
-    let Some(curve) = mode.rate_curve() else {
-        if a.arrivals != ArrivalsArg::Uniform {
+    // Burst has no timetable. A capacity search builds one per step (a sustained
+    // run: arrivals apply), and a warmup would leave part of each step out of the
+    // verdict, which the step's length already covers.
+    let curve = if capacity { None } else { mode.rate_curve() };
+    let Some(curve) = curve else {
+        if !capacity && a.arrivals != ArrivalsArg::Uniform {
             return Err(invalid("arrivals", "needs --mode sustained or stages"));
         }
         if a.warmup.is_some() {
