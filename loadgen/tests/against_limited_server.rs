@@ -8,21 +8,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use common::{config, run};
-
-async fn start(f: impl FnOnce(&mut server::Config)) -> server::RunningServer {
-    let mut c = server::Config::for_local_testing();
-    f(&mut c);
-    server::start(c).await.expect("reference server starts")
-}
-
-async fn stop(server: server::RunningServer) {
-    server.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("server stops in time")
-        .expect("server stops cleanly");
-}
+use common::{config, run, start_reference as start, stop_reference as stop};
 
 #[tokio::test]
 async fn a_server_at_its_connection_limit_is_counted_as_421_at_the_banner() {

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{config, run};
+use common::{config, run, start_reference, stop_reference as stop};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
 
@@ -196,20 +195,6 @@ async fn without_the_flag_there_is_no_per_source_key() {
     assert!(!text.contains("per_source") && !text.contains("source_ips"));
 }
 
-async fn start_reference(per_ip: usize) -> server::RunningServer {
-    let mut c = server::Config::for_local_testing();
-    c.max_connections_per_ip = per_ip;
-    server::start(c).await.expect("reference server starts")
-}
-
-async fn stop(server: server::RunningServer) {
-    server.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("server stops in time")
-        .expect("server stops cleanly");
-}
-
 /// Eight sessions, each keeping its connection for all its messages, against a
 /// per-IP limit of two.
 fn held_burst(server: SocketAddr, sources: &str) -> loadgen::Config {
@@ -231,7 +216,7 @@ fn held_burst(server: SocketAddr, sources: &str) -> loadgen::Config {
 
 #[tokio::test]
 async fn a_per_ip_limit_refuses_one_address_and_serves_eight() {
-    let server = start_reference(2).await;
+    let server = start_reference(|c| c.max_connections_per_ip = 2).await;
     let one = run(held_burst(server.smtp_addr(), "127.0.0.2")).await;
     let refused = server.stats().connections_rejected["max_connections_per_ip"];
     let m = &one.metrics;

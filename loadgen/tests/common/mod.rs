@@ -576,3 +576,21 @@ pub async fn run(config: loadgen::Config) -> report::RunResult {
         .await
         .unwrap()
 }
+
+/// The reference smtp-server in this process, with its local-testing settings
+/// changed by `tune` (the tests that need the real server's limits and replies).
+pub async fn start_reference(tune: impl FnOnce(&mut server::Config)) -> server::RunningServer {
+    let mut c = server::Config::for_local_testing();
+    tune(&mut c);
+    server::start(c).await.expect("reference server starts")
+}
+
+/// Stops a server from [`start_reference`]; fails the test if it does not stop
+/// cleanly within 10 s.
+pub async fn stop_reference(server: server::RunningServer) {
+    server.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("server stops in time")
+        .expect("server stops cleanly");
+}
